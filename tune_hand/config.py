@@ -247,7 +247,10 @@ def keys() -> list[str]:
 
 def coerce(key: str, value: Any, source: str = "config") -> Any:
     """Check `value` against the declared type of `key`, converting int -> float where declared."""
-    tp = field_type(key)
+    try:
+        tp = field_type(key)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     ok, out = _coerce(tp, value)
     if not ok:
         raise ConfigError(f"{source}: {key}={value!r}: expected {_type_name(tp)}")
