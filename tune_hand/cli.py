@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--quick", action="store_true", help="a much smaller run (seconds), for smoke tests")
     p.set_defaults(func=cmd_demo)
+
+    from .sweep_cli import add_commands
+    add_commands(sub)
     return parser
 
 

@@ -137,17 +137,22 @@ def read_prediction(path: str | Path, expected: int) -> np.ndarray:
     xyz_list = data[0]
     if len(xyz_list) != expected:
         raise DataError(f"{path}: xyz_list has {len(xyz_list)} entries, the split has {expected} images")
-    try:
-        xyz = np.asarray(xyz_list, dtype=np.float64)
-    except ValueError:
-        raise DataError(f"{path}: xyz_list entries are not all 21 x 3 numbers") from None
-    if xyz.shape != (expected, 21, 3):
-        bad = next((i for i, p in enumerate(xyz_list) if np.shape(p) != (21, 3)), None)
-        raise DataError(f"{path}: xyz_list[{bad}] has shape {np.shape(xyz_list[bad]) if bad is not None else xyz.shape}, expected (21, 3)")
+    bad = next((i for i, p in enumerate(xyz_list) if _shape(p) != (21, 3)), None)
+    if bad is not None:
+        raise DataError(f"{path}: xyz_list[{bad}] has shape {_shape(xyz_list[bad])}, expected (21, 3) numbers")
+    xyz = np.asarray(xyz_list, dtype=np.float64)
     if not np.isfinite(xyz).all():
         bad = int(np.argwhere(~np.isfinite(xyz))[0, 0])
         raise DataError(f"{path}: xyz_list[{bad}] is not finite")
     return xyz
+
+
+def _shape(entry: Any) -> tuple | str:
+    try:
+        arr = np.asarray(entry, dtype=np.float64)
+    except (ValueError, TypeError):
+        return "ragged or non-numeric"
+    return arr.shape
 
 
 def score_file(pred: str | Path, data_dir: str | Path, split: str = "evaluation",

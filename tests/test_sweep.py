@@ -1,0 +1,214 @@
+"""The sweep: the trainable's contract (no Ray cluster), and one real quick sweep (slow).
+
+The slow tests share ONE sweep of the shipped `quick` spec (6 trials x 4 epochs, 2 at a time,
+ASHA grace 1 / reduction 2) on a tiny synthetic dataset, run through the CLI.
+"""
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tune_hand.checkpoint import load_checkpoint
+from tune_hand.cli import main
+from tune_hand.spec import load_spec, with_overrides
+
+TINY = ["model.channels=8", "model.blocks=2", "optim.batch_size=8", "data.num_workers=0", "data.val_fraction=0.25"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    from tune_hand.data.synthetic import render_dataset
+
+    root = tmp_path_factory.mktemp("sweepdata") / "data"
+    render_dataset(root, n_train=12, n_eval=4, seed=1, with_mesh_files=False)
+    return root
+
+
+# -- the trainable, with Ray's session functions replaced -------------------------------------
+class FakeSession:
+    """Stands in for tune.report / tune.get_checkpoint; keeps a copy of every reported checkpoint."""
+
+    def __init__(self, keep: Path, resume_from: Path | None = None):
+        self.keep, self.resume_from, self.reports = keep, resume_from, []
+
+    def report(self, metrics, *, checkpoint=None):
+        from ray import tune
+
+        dest = self.keep / f"epoch_{metrics['epoch']}"
+        shutil.copytree(checkpoint.path, dest)
+        self.reports.append((metrics, dest))
+        assert isinstance(checkpoint, tune.Checkpoint)
+
+    def get_checkpoint(self):
+        from ray import tune
+
+        return tune.Checkpoint.from_directory(self.resume_from) if self.resume_from else None
+
+
+def run_trainable(monkeypatch, data, session, spec, params):
+    from trainables import hand_pose
+
+    monkeypatch.setattr(hand_pose.tune, "report", session.report)
+    monkeypatch.setattr(hand_pose.tune, "get_checkpoint", session.get_checkpoint)
+    hand_pose.train_hand_pose(params, spec=spec.to_dict(), data_dir=str(data))
+    return session.reports
+
+
+def quick_spec(epochs):
+    return with_overrides(load_spec("quick"), TINY + [f"optim.epochs={epochs}"])
+
+
+PARAMS = {"optim.lr": 1e-3, "model.target": "root_relative", "milestones.first": 0.5, "milestones.second": 0.9,
+          "augment.rotation_prob": 0.0, "augment.flip": 0.0}
+
+
+def test_trainable_reports_every_epoch_with_a_full_checkpoint_and_resumes(monkeypatch, tiny_data, tmp_path):
+    spec = quick_spec(3)
+    first = run_trainable(monkeypatch, tiny_data, FakeSession(tmp_path / "a"), spec, PARAMS)
+    assert [m["epoch"] for m, _ in first] == [1, 2, 3]
+    state = load_checkpoint(first[1][1])
+    assert state["epoch"] == 2 and state["config"]["optim"]["milestones"] == [2, 3]
+    assert "optimizer" in state and "scheduler" in state
+    assert all(math.isfinite(m["pa_mpjpe_mm"]) and m["status"] == "ok" for m, _ in first)
+
+    # Restarted from the epoch-2 checkpoint, the trial continues with epoch 3 only.
+    resumed = run_trainable(monkeypatch, tiny_data, FakeSession(tmp_path / "b", resume_from=first[1][1]),
+                            spec, PARAMS)
+    assert [m["epoch"] for m, _ in resumed] == [3]
+
+
+def test_trainable_reports_a_diverged_epoch_as_the_worst_finite_value_and_stops(monkeypatch, tiny_data, tmp_path):
+    from trainables.hand_pose import DIVERGED_METRIC
+    from tune_hand.training import Trainer
+
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self: (math.nan, 8, False))
+    reports = run_trainable(monkeypatch, tiny_data, FakeSession(tmp_path / "d"), quick_spec(3), PARAMS)
+    assert len(reports) == 1
+    metrics, _ = reports[0]
+    assert metrics["status"] == "diverged" and metrics["diverged"] is True
+    assert metrics["pa_mpjpe_mm"] == DIVERGED_METRIC
+    json.dumps(metrics, allow_nan=False)  # no NaN/inf reaches Ray's result files
+
+
+def test_status_of_a_missing_experiment_is_a_user_error(tmp_path, capsys):
+    assert main(["status", str(tmp_path / "nope")]) == 2
+    assert "no such experiment directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["best", str(tmp_path / "empty"), "--export", str(tmp_path / "out")]) == 2
+    assert "not a tune-hand experiment" in capsys.readouterr().err
+
+
+def test_search_refuses_a_bad_spec_before_starting_ray(tmp_path, tiny_data, capsys):
+    import ray
+
+    assert main(["search", "quick", "--data", str(tiny_data), "--storage", str(tmp_path),
+                 "--set", "model.channels=0"]) == 2
+    assert "model.channels" in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "quick").exists()
+
+
+# -- one real sweep ---------------------------------------------------------------------------
+def raylet_processes() -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"raylet" in cmd.split(b"\0")[0]:
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_data, tmp_path_factory):
+    """Run `tune-hand search quick` once; yields (experiment dir, seconds)."""
+    if raylet_processes():
+        pytest.skip("a Ray cluster is already running on this machine; the test could not tell its own apart")
+    storage = tmp_path_factory.mktemp("sweeps")
+    args = ["search", "quick", "--data", str(tiny_data), "--storage", str(storage), "--name", "q"]
+    for item in TINY:
+        args += ["--set", item]
+    start = time.perf_counter()
+    code = main(args)
+    seconds = time.perf_counter() - start
+    assert code == 0
+    return storage / "q", seconds
+
+
+@pytest.mark.slow
+def test_sweep_finishes_with_asha_stopping_trials_early(sweep):
+    exp, seconds = sweep
+    from tune_hand.sweep import load_status
+
+    status = load_status(exp)
+    spec = load_spec("quick")
+    trials = status["trials"]
+    assert len(trials) == spec.num_samples
+    assert {t["state"] for t in trials} <= {"finished", "stopped early"}
+    assert any(t["state"] == "stopped early" for t in trials)
+    assert sum(t["epochs"] for t in trials) < spec.num_samples * spec.max_epochs
+    stored = yaml.safe_load((exp / "tune_hand_spec.yaml").read_text())
+    assert stored["fixed"]["model.channels"] == 8 and "model.channels" not in stored["space"]
+    print(f"quick sweep: {seconds:.0f}s")
+
+
+@pytest.mark.slow
+def test_status_from_storage_lists_every_trial(sweep, capsys):
+    exp, _ = sweep
+    capsys.readouterr()
+    assert main(["status", str(exp), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert set(status) >= {"trials", "best"}
+    for t in status["trials"]:
+        assert set(t) >= {"trial_id", "state", "epochs", "best_metric", "config"}
+        assert t["state"] in ("finished", "stopped early") and t["epochs"] >= 1
+        assert t["config"]["model.channels"] == 8 and "optim.lr" in t["config"]
+    best = min(status["trials"], key=lambda t: t["best_metric"])
+    assert status["best"]["trial_id"] == best["trial_id"]
+    assert main(["status", str(exp)]) == 0
+    assert "best:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_best_exports_the_best_epoch_checkpoint_as_ray_would_choose(sweep, tmp_path, capsys):
+    from ray.tune import ExperimentAnalysis
+
+    exp, _ = sweep
+    out = tmp_path / "best"
+    assert main(["best", str(exp), "--export", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "config.yaml", "metrics.json", "provenance.json"}
+    provenance = json.loads((out / "provenance.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    state = load_checkpoint(out)
+    assert state["epoch"] == provenance["epoch"] == metrics["epoch"]
+    assert provenance["spec_hash"] == json.loads((exp / "tune_hand_sweep.json").read_text())["spec_hash"]
+    assert state["config"]["model"]["channels"] == 8
+
+    # Ray's own answer, read from the same storage without a cluster: best trial over all epochs
+    # (scope="all") and that trial's best checkpoint (not its latest).
+    analysis = ExperimentAnalysis(str(exp), default_metric="pa_mpjpe_mm", default_mode="min")
+    trial = analysis.get_best_trial(scope="all")
+    assert trial.trial_id == provenance["trial_id"]
+    best_ckpt = analysis.get_best_checkpoint(trial)
+    assert Path(best_ckpt.path) == (exp / provenance["checkpoint"]).parent
+    assert metrics["pa_mpjpe_mm"] == pytest.approx(min(r["pa_mpjpe_mm"] for r in
+                                                       analysis.trial_dataframes[trial.trial_id].to_dict("records")))
+    assert main(["best", str(exp), "--export", str(out)]) == 2  # never overwrites silently
+
+
+@pytest.mark.slow
+def test_no_ray_process_outlives_the_sweep(sweep):
+    import ray
+
+    assert not ray.is_initialized()
+    deadline = time.time() + 20
+    while raylet_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert raylet_processes() == []

@@ -1,0 +1,58 @@
+"""The Ray Tune trainable of a sweep: tune_hand's training loop, one report per epoch.
+
+    trainable = tune.with_parameters(train_hand_pose, spec=spec.to_dict(), data_dir="/data/freihand")
+    tune.with_resources(trainable, {"cpu": 4, "gpu": 1})
+
+`config` is what Ray passes: the Optuna-sampled parameters plus the spec's fixed values
+(`{"optim.lr": 3e-4, "model.channels": 96, ...}`). The trial's Config is built from the spec
+by `tune_hand.spec.trial_config`, so a trial and `tune-hand train` with the same config run
+the same code.
+
+Each epoch reports `EpochResult.metrics()` with a full-state checkpoint (`checkpoint.pt`:
+model, optimiser, schedule, epoch, config, coordinate ranges). A restarted trial resumes
+from `tune.get_checkpoint()`.
+
+A diverged epoch (non-finite loss) reports the metric as DIVERGED_METRIC (a large finite
+sentinel, 1e6 mm) with `status="diverged"` and `diverged=True`, then the trial ends. A
+finite sentinel ranks the trial last in ASHA's rung (NaN would be skipped by its cutoff and
+never pruned; inf turns the rung's percentile into NaN) and Optuna records the trial as
+COMPLETE with that value, i.e. the worst seen (Ray's OptunaSearch tells the last result).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from tune_hand.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from tune_hand.spec import parse_spec, trial_config
+from tune_hand.training import Trainer
+
+DIVERGED_METRIC = 1.0e6  # mm; never a real error, always the worst in a min-mode search
+
+
+def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str) -> None:
+    """Run one trial: build its Config, resume if Ray has a checkpoint, report every epoch."""
+    parsed = parse_spec(spec, source=f"spec {spec.get('name', '')}".strip())
+    cfg = trial_config(parsed, dict(config))
+    trainer = Trainer(cfg, data_dir)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.restore(load_checkpoint(Path(d) / FILENAME))
+
+    for result in trainer.epochs():
+        metrics = result.metrics()
+        metrics["diverged"] = result.status == "diverged"
+        if metrics["diverged"]:
+            metrics[parsed.metric] = DIVERGED_METRIC
+        # Ray's result.json must stay valid for every reader: no NaN/inf in reported values.
+        metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        with tempfile.TemporaryDirectory(prefix="tune_hand_ckpt_") as tmp:
+            save_checkpoint(Path(tmp) / FILENAME, trainer.state_dict())
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -1,0 +1,558 @@
+"""Sweep specs: what to search, how long, on what, validated before anything starts.
+
+A spec is a YAML file (shipped ones live in `search_spaces/` and are found by name):
+
+    name: quick
+    base: small                      # a preset, a config YAML path, or an inline config mapping
+    fixed:                           # applied to every trial, `section.key: value`
+      data.num_workers: 0
+    space:                           # searched, in this order (Optuna's define-by-run order)
+      optim.lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}
+      model.channels: {type: categorical, values: [16, 32]}
+      model.blocks: {type: int, low: 2, high: 3}
+      augment.rotation_prob: {type: categorical, values: [0.0, 1.0]}
+      augment.rotation_deg: {type: float, low: 30, high: 180, step: 30,
+                             when: {augment.rotation_prob: 1.0}}
+      milestones.first: {type: float, low: 0.5, high: 0.8}
+      milestones.second: {type: float, low: 0.8, high: 0.95}
+    metric: pa_mpjpe_mm              # validation metric; mode min
+    mode: min
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_epochs: 4}
+    num_samples: 6
+    max_concurrent_trials: 2
+    resources: {gpu: 1, cpu: 1}      # per trial; no GPU in the cluster -> CPUs only, with a warning
+    seed: 0
+    max_failures: 1                  # Ray FailureConfig: retries of a crashed trial
+
+Parameter types: `categorical` (values), `int` (low, high, optional step), `float` (low, high,
+optional step), `loguniform` (low > 0, high). `when: {key: value or [values]}` makes a
+parameter conditional on an EARLIER categorical parameter; when the condition does not hold the
+parameter is not sampled and the trial keeps the base/fixed value.
+
+Milestones are fractions of the epoch budget: `milestones.first` and `milestones.second` (both or
+neither; in the space or in `fixed`) are numbers in (0, 1). A trial's `optim.milestones` are
+round(f * epochs) for both, clamped to [1, epochs] and sorted, the second bumped by one epoch when
+both land on the same epoch. Without them the trial keeps the base config's `optim.milestones`.
+
+The epoch budget is `scheduler.max_epochs` (the trial's `optim.epochs`; default: the base/fixed
+`optim.epochs`); it cannot be searched.
+
+    spec = load_spec("quick")                 # or a path
+    cfg = trial_config(spec, {"optim.lr": 1e-3, "model.channels": 16, ...})
+    space = functools.partial(define_by_run, spec=spec)   # OptunaSearch(space=space, ...)
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import config as C
+from .config import Config
+from .errors import ConfigError, TuneHandError
+
+MILESTONE_KEYS = ("milestones.first", "milestones.second")
+PARAM_TYPES = ("categorical", "int", "float", "loguniform")
+SCHEDULERS = ("asha", "fifo")
+METRICS = ("pa_mpjpe_mm", "rr_mpjpe_mm", "mpjpe_mm", "train_loss")
+SPEC_KEYS = ("name", "description", "base", "fixed", "space", "metric", "mode", "scheduler", "num_samples",
+             "max_concurrent_trials", "resources", "seed", "max_failures")
+PARAM_KEYS = ("type", "values", "low", "high", "step", "when")
+SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_epochs")
+RESOURCE_KEYS = ("gpu", "cpu")
+# Set per trial by the sweep itself, never by the spec.
+NOT_SEARCHABLE = ("optim.epochs", "data.dir")
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    type: str
+    values: tuple | None = None
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    when: tuple[tuple[str, tuple], ...] = ()  # ((earlier key, allowed values), ...)
+    integer: bool = False  # int / loguniform on an integer field: suggest_int
+
+    def active(self, sampled: dict[str, Any]) -> bool:
+        return all(k in sampled and sampled[k] in allowed for k, allowed in self.when)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.values is not None:
+            out["values"] = list(self.values)
+        for name in ("low", "high", "step"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.when:
+            out["when"] = {k: (list(v) if len(v) > 1 else v[0]) for k, v in self.when}
+        return out
+
+
+@dataclass
+class Scheduler:
+    type: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 3
+    max_epochs: int = 1
+
+
+@dataclass
+class Spec:
+    name: str
+    base: Config  # the resolved base config (preset, file or inline), without `fixed`
+    fixed: dict[str, Any] = field(default_factory=dict)
+    space: tuple[Param, ...] = ()
+    metric: str = "pa_mpjpe_mm"
+    mode: str = "min"
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    num_samples: int = 10
+    max_concurrent_trials: int | None = None
+    resources: dict[str, float] = field(default_factory=lambda: {"gpu": 1, "cpu": 1})
+    seed: int = 0
+    max_failures: int = 1
+    description: str = ""
+    source: str = "spec"  # where it was read from, for messages only
+
+    @property
+    def max_epochs(self) -> int:
+        return self.scheduler.max_epochs
+
+    def param(self, key: str) -> Param | None:
+        return next((p for p in self.space if p.key == key), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The self-contained form (base inlined) that is stored with an experiment and hashed."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "base": self.base.to_dict(),
+            "fixed": dict(self.fixed),
+            "space": {p.key: p.to_dict() for p in self.space},
+            "metric": self.metric,
+            "mode": self.mode,
+            "scheduler": {"type": self.scheduler.type, "grace_period": self.scheduler.grace_period,
+                          "reduction_factor": self.scheduler.reduction_factor,
+                          "max_epochs": self.scheduler.max_epochs},
+            "num_samples": self.num_samples,
+            "max_concurrent_trials": self.max_concurrent_trials,
+            "resources": dict(self.resources),
+            "seed": self.seed,
+            "max_failures": self.max_failures,
+        }
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            from .io import atomic_write
+
+            atomic_write(path, lambda f: f.write(text), mode="w")
+        return text
+
+
+# -- loading -------------------------------------------------------------------------------
+def spec_names() -> list[str]:
+    from search_spaces import SPEC_DIR
+
+    return sorted(p.stem for p in Path(SPEC_DIR).glob("*.yaml"))
+
+
+def spec_path(path_or_name: str | Path) -> Path:
+    """A spec file: an existing path, else a shipped spec of that name."""
+    from search_spaces import SPEC_DIR
+
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    shipped = Path(SPEC_DIR) / f"{path_or_name}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"{path_or_name}: no such sweep spec file or shipped spec (shipped: {', '.join(spec_names())})")
+
+
+def load_spec(path_or_name: str | Path) -> Spec:
+    """Read and validate a spec file or a shipped spec (`paper`, `quick`)."""
+    path = spec_path(path_or_name)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read sweep spec ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    return parse_spec(raw, source=str(path), default_name=path.stem, base_dir=path.parent)
+
+
+def parse_spec(raw: Any, source: str = "spec", default_name: str = "sweep", base_dir: Path | None = None) -> Spec:
+    """Validate a spec mapping; every problem is a one-line ConfigError naming `source` and the key."""
+    v = _Validator(source)
+    if not isinstance(raw, dict):
+        v.fail("", f"expected a mapping of spec keys, got {type(raw).__name__}")
+    for key in raw:
+        if key not in SPEC_KEYS:
+            v.fail(str(key), f"unknown key (known: {', '.join(SPEC_KEYS)})")
+
+    name = v.typed("name", raw.get("name", default_name), str)
+    description = v.typed("description", raw.get("description", "") or "", str)
+    base = _resolve_base(v, raw.get("base"), base_dir)
+
+    fixed_raw = raw.get("fixed") or {}
+    if not isinstance(fixed_raw, dict):
+        v.fail("fixed", "expected a mapping of section.key: value")
+    fixed: dict[str, Any] = {}
+    for key, value in fixed_raw.items():
+        fixed[key] = _check_fixed(v, str(key), value)
+    try:
+        fixed_cfg = C.with_values(base, {k: x for k, x in fixed.items() if k not in MILESTONE_KEYS})
+    except ConfigError as e:
+        v.fail("fixed", str(e))
+
+    sched_raw = raw.get("scheduler") or {}
+    if not isinstance(sched_raw, dict):
+        v.fail("scheduler", "expected a mapping (type, grace_period, reduction_factor, max_epochs)")
+    for key in sched_raw:
+        if key not in SCHEDULER_KEYS:
+            v.fail(f"scheduler.{key}", f"unknown key (known: {', '.join(SCHEDULER_KEYS)})")
+    max_epochs = v.typed("scheduler.max_epochs", sched_raw.get("max_epochs", fixed_cfg.optim.epochs), int, minimum=1)
+    if "optim.epochs" in fixed and "max_epochs" in sched_raw and fixed["optim.epochs"] != max_epochs:
+        v.fail("fixed.optim.epochs", f"{fixed['optim.epochs']} differs from scheduler.max_epochs={max_epochs}; "
+               "the epoch budget is scheduler.max_epochs")
+    scheduler = Scheduler(
+        type=v.choice("scheduler.type", sched_raw.get("type", "asha"), SCHEDULERS),
+        grace_period=v.typed("scheduler.grace_period", sched_raw.get("grace_period", 1), int, minimum=1),
+        reduction_factor=v.number("scheduler.reduction_factor", sched_raw.get("reduction_factor", 3)),
+        max_epochs=max_epochs,
+    )
+    if scheduler.reduction_factor <= 1:
+        v.fail("scheduler.reduction_factor", f"{scheduler.reduction_factor}: must be greater than 1")
+    if scheduler.grace_period > scheduler.max_epochs:
+        v.fail("scheduler.grace_period", f"{scheduler.grace_period} exceeds scheduler.max_epochs={max_epochs}")
+    fixed_cfg = C.with_values(fixed_cfg, {"optim.epochs": max_epochs})
+    if fixed_cfg.data.val_fraction == 0 and raw.get("metric", "pa_mpjpe_mm") != "train_loss":
+        v.fail("fixed.data.val_fraction", "0 leaves no validation images to score trials on; use e.g. 0.1")
+
+    space_raw = raw.get("space") or {}
+    if not isinstance(space_raw, dict):
+        v.fail("space", "expected a mapping of section.key: {type: ...}")
+    space: list[Param] = []
+    for key, pdef in space_raw.items():
+        space.append(_check_param(v, str(key), pdef, fixed_cfg, space))
+    if sum(k in fixed or any(p.key == k for p in space) for k in MILESTONE_KEYS) == 1:
+        v.fail("milestones", "give both milestones.first and milestones.second (in space or fixed), or neither")
+    for key in fixed:
+        if any(p.key == key for p in space):
+            v.fail(f"fixed.{key}", "is also searched in space; keep it in one place")
+
+    resources_raw = raw.get("resources") or {}
+    if not isinstance(resources_raw, dict):
+        v.fail("resources", "expected a mapping {gpu: n, cpu: k}")
+    for key in resources_raw:
+        if key not in RESOURCE_KEYS:
+            v.fail(f"resources.{key}", f"unknown key (known: {', '.join(RESOURCE_KEYS)})")
+    resources = {"gpu": v.number("resources.gpu", resources_raw.get("gpu", 1), minimum=0),
+                 "cpu": v.number("resources.cpu", resources_raw.get("cpu", 1), minimum=0)}
+    if resources["cpu"] <= 0:
+        v.fail("resources.cpu", f"{resources['cpu']}: must be positive")
+
+    concurrent = raw.get("max_concurrent_trials")
+    spec = Spec(
+        name=name, description=description, base=base, fixed=fixed, space=tuple(space),
+        metric=v.choice("metric", raw.get("metric", "pa_mpjpe_mm"), METRICS),
+        mode=v.choice("mode", raw.get("mode", "min"), ("min", "max")),
+        scheduler=scheduler,
+        num_samples=v.typed("num_samples", raw.get("num_samples", 10), int, minimum=1),
+        max_concurrent_trials=None if concurrent is None else v.typed("max_concurrent_trials", concurrent, int,
+                                                                      minimum=1),
+        resources=resources,
+        seed=v.typed("seed", raw.get("seed", 0), int),
+        max_failures=v.typed("max_failures", raw.get("max_failures", 1), int, minimum=-1),
+        source=source,
+    )
+    # The default trial (every parameter at its first choice / low end) must build.
+    try:
+        trial_config(spec, {p.key: _first_value(p) for p in spec.space if p.active({
+            q.key: _first_value(q) for q in spec.space})})
+    except ConfigError as e:
+        v.fail("space", f"the trial config at the low end of the space is invalid: {e}")
+    return spec
+
+
+def _resolve_base(v: "_Validator", base: Any, base_dir: Path | None) -> Config:
+    if base is None:
+        return Config()
+    if isinstance(base, dict):
+        try:
+            return Config.from_dict(base, source=f"{v.source}: base")
+        except ConfigError as e:
+            raise ConfigError(str(e)) from None
+    if not isinstance(base, str):
+        v.fail("base", f"expected a preset name, a config path or a mapping, got {type(base).__name__}")
+    candidate = Path(base)
+    if not candidate.is_absolute() and base_dir is not None and (base_dir / candidate).is_file():
+        candidate = base_dir / candidate
+    try:
+        return C.load_config(candidate if candidate.is_file() else base)
+    except ConfigError as e:
+        v.fail("base", str(e))
+
+
+def _check_fixed(v: "_Validator", key: str, value: Any) -> Any:
+    if key in MILESTONE_KEYS:
+        return _fraction(v, f"fixed.{key}", value)
+    if key == "data.dir":
+        v.fail(f"fixed.{key}", "the dataset is given to the search (--data), not fixed in the spec")
+    try:
+        return C.coerce(key, value, source="x")
+    except ConfigError as e:
+        v.fail(f"fixed.{key}", str(e).removeprefix("x: "))
+
+
+def _fraction(v: "_Validator", where: str, value: Any) -> float:
+    x = v.number(where, value)
+    if not 0 < x < 1:
+        v.fail(where, f"{value!r}: a milestone is a fraction of the epoch budget, in (0, 1)")
+    return float(x)
+
+
+def _check_param(v: "_Validator", key: str, pdef: Any, fixed_cfg: Config, earlier: list[Param]) -> Param:
+    where = f"space.{key}"
+    if key in NOT_SEARCHABLE:
+        v.fail(where, "cannot be searched (optim.epochs is scheduler.max_epochs; data.dir is --data)")
+    if key not in MILESTONE_KEYS:
+        try:
+            tp = C.field_type(key)
+        except ConfigError as e:
+            v.fail(where, str(e))
+    else:
+        tp = float
+    if not isinstance(pdef, dict):
+        v.fail(where, "expected a mapping {type: categorical|int|float|loguniform, ...}")
+    for k in pdef:
+        if k not in PARAM_KEYS:
+            v.fail(f"{where}.{k}", f"unknown key (known: {', '.join(PARAM_KEYS)})")
+    kind = v.choice(f"{where}.type", pdef.get("type"), PARAM_TYPES)
+    allowed = set(_type_args(tp))
+    present = {k for k in ("values", "low", "high", "step") if k in pdef}
+    needs = {"categorical": {"values"}, "int": {"low", "high"}, "float": {"low", "high"},
+             "loguniform": {"low", "high"}}[kind]
+    may = needs | ({"step"} if kind in ("int", "float") else set())
+    for k in needs - present:
+        v.fail(f"{where}.{k}", f"required for type {kind}")
+    for k in present - may:
+        v.fail(f"{where}.{k}", f"not allowed for type {kind}")
+
+    def check_value(value: Any, what: str) -> Any:
+        if key in MILESTONE_KEYS:
+            return _fraction(v, what, value)
+        try:
+            value = C.coerce(key, value, source="x")
+        except ConfigError as e:
+            v.fail(what, str(e).removeprefix("x: "))
+        try:
+            C.with_values(fixed_cfg, {key: value})
+        except ConfigError as e:
+            v.fail(what, str(e))
+        return value
+
+    values = low = high = step = None
+    as_int = False
+    if kind == "categorical":
+        raw_values = pdef["values"]
+        if not isinstance(raw_values, list) or not raw_values:
+            v.fail(f"{where}.values", "expected a non-empty list")
+        values = []
+        for i, x in enumerate(raw_values):
+            if not (x is None or isinstance(x, (bool, int, float, str))):
+                v.fail(f"{where}.values", f"{x!r}: Optuna categorical choices must be numbers, strings, "
+                       "booleans or null")
+            values.append(check_value(x, f"{where}.values[{i}]"))
+        if len(set(map(repr, values))) != len(values):
+            v.fail(f"{where}.values", f"{raw_values}: duplicate choices")
+        values = tuple(values)
+    else:
+        if kind == "int" and int not in allowed:
+            v.fail(f"{where}.type", f"int, but {key} is {C._type_name(tp)}")
+        if kind in ("float", "loguniform") and float not in allowed and int not in allowed:
+            v.fail(f"{where}.type", f"{kind}, but {key} is {C._type_name(tp)}")
+        as_int = kind == "int" or (kind == "loguniform" and float not in allowed)
+        low = v.typed(f"{where}.low", pdef["low"], int) if as_int else v.number(f"{where}.low", pdef["low"])
+        high = v.typed(f"{where}.high", pdef["high"], int) if as_int else v.number(f"{where}.high", pdef["high"])
+        if low > high:
+            v.fail(f"{where}.low", f"low={low} > high={high}")
+        if kind == "loguniform" and low <= 0:
+            v.fail(f"{where}.low", f"{low}: a loguniform range needs low > 0")
+        if "step" in pdef:
+            step = v.typed(f"{where}.step", pdef["step"], int, minimum=1) if as_int else \
+                v.number(f"{where}.step", pdef["step"])
+            if step <= 0:
+                v.fail(f"{where}.step", f"{step}: must be positive")
+        low, high = check_value(low, f"{where}.low"), check_value(high, f"{where}.high")
+
+    when: list[tuple[str, tuple]] = []
+    cond = pdef.get("when") or {}
+    if not isinstance(cond, dict):
+        v.fail(f"{where}.when", "expected a mapping {earlier_key: value or [values]}")
+    for ck, cv in cond.items():
+        parent = next((p for p in earlier if p.key == ck), None)
+        if parent is None or parent.type != "categorical":
+            v.fail(f"{where}.when", f"'{ck}' must be a categorical parameter listed earlier in space")
+        options = tuple(cv) if isinstance(cv, list) else (cv,)
+        for o in options:
+            if o not in parent.values:
+                v.fail(f"{where}.when", f"{ck}={o!r} is not one of its values {list(parent.values)}")
+        when.append((ck, tuple(x for x in parent.values if x in options)))
+    return Param(key=key, type=kind, values=values, low=low, high=high, step=step, when=tuple(when),
+                 integer=kind != "categorical" and as_int)
+
+
+def _type_args(tp: Any) -> tuple:
+    return typing.get_args(tp) or (tp,)
+
+
+def _first_value(p: Param) -> Any:
+    return p.values[0] if p.type == "categorical" else p.low
+
+
+class _Validator:
+    """Typed field checks that fail with `SOURCE: key: problem` on one line."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> typing.NoReturn:
+        where = f"{self.source}: {key}: " if key else f"{self.source}: "
+        raise ConfigError(where + " ".join(problem.split()))
+
+    def typed(self, key: str, value: Any, tp: type, minimum: int | None = None) -> Any:
+        if tp is int and (not isinstance(value, int) or isinstance(value, bool)):
+            self.fail(key, f"{value!r}: expected an integer")
+        if tp is str and not isinstance(value, str):
+            self.fail(key, f"{value!r}: expected a string")
+        if minimum is not None and value < minimum:
+            self.fail(key, f"{value!r}: must be at least {minimum}")
+        return value
+
+    def number(self, key: str, value: Any, minimum: float | None = None) -> float | int:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(key, f"{value!r}: expected a number")
+        if minimum is not None and value < minimum:
+            self.fail(key, f"{value!r}: must be at least {minimum}")
+        return value
+
+    def choice(self, key: str, value: Any, options: tuple) -> Any:
+        if value not in options:
+            self.fail(key, f"{value!r}: expected one of {', '.join(options)}")
+        return value
+
+
+# -- overrides -----------------------------------------------------------------------------
+def with_overrides(spec: Spec, overrides: list[str] | None = None, samples: int | None = None) -> Spec:
+    """A validated copy with `--set key=value` pinned in `fixed` and `--samples` applied.
+
+    Pinning a searched key removes it from the space; parameters conditional on it keep their
+    condition's verdict for the pinned value (dropped when it fails, unconditional when it holds).
+    """
+    raw = spec.to_dict()
+    for text in overrides or []:
+        key, sep, value_text = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {text!r}: expected section.key=value")
+        if key in MILESTONE_KEYS:
+            value: Any = yaml.safe_load(value_text)
+        else:
+            key, value = C.parse_override(text)
+        if key == "optim.epochs":
+            raw["scheduler"]["max_epochs"] = value
+            raw["fixed"].pop(key, None)
+            continue
+        raw["fixed"][key] = value
+        if key in raw["space"]:
+            del raw["space"][key]
+            for other in list(raw["space"]):
+                when = raw["space"][other].get("when") or {}
+                if key in when:
+                    ok = value in (when[key] if isinstance(when[key], list) else [when[key]])
+                    if not ok:
+                        del raw["space"][other]
+                    else:
+                        del when[key]
+    if samples is not None:
+        raw["num_samples"] = samples
+    out = parse_spec(raw, source=f"{spec.source} (with --set/--samples)", default_name=spec.name)
+    out.source = spec.source
+    return out
+
+
+# -- hashing -------------------------------------------------------------------------------
+def spec_hash(spec: Spec) -> str:
+    """A short stable hash of everything that decides the trials (base inlined; space order kept)."""
+    d = spec.to_dict()
+    d.pop("description")
+    d["space"] = [[k, v] for k, v in d["space"].items()]  # sampling order matters; keep it
+    blob = json.dumps(d, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# -- the search space for Optuna -----------------------------------------------------------
+def define_by_run(trial, spec: Spec) -> dict[str, Any]:
+    """Sample one trial's parameters with Optuna's `trial.suggest_*`; return the fixed values.
+
+    Use through `functools.partial(define_by_run, spec=spec)` (Ray pickles it by reference).
+    Conditional parameters are suggested only when their condition holds, so Optuna never sees
+    a value that the trial would ignore.
+    """
+    sampled: dict[str, Any] = {}
+    for p in spec.space:
+        if not p.active(sampled):
+            continue
+        if p.type == "categorical":
+            sampled[p.key] = trial.suggest_categorical(p.key, list(p.values))
+        elif p.integer:
+            sampled[p.key] = trial.suggest_int(p.key, p.low, p.high, step=p.step or 1, log=p.type == "loguniform")
+        else:
+            sampled[p.key] = trial.suggest_float(p.key, float(p.low), float(p.high), step=p.step,
+                                                 log=p.type == "loguniform")
+    return dict(spec.fixed)
+
+
+def search_space(spec: Spec):
+    """The define-by-run callable for `OptunaSearch(space=...)`: picklable by reference."""
+    return functools.partial(define_by_run, spec=spec)
+
+
+# -- a trial's config ----------------------------------------------------------------------
+def milestone_epochs(first: float, second: float, epochs: int) -> list[int]:
+    """Two fractions of the budget -> strictly increasing epochs (see module docstring)."""
+    a, b = sorted(min(max(1, round(f * epochs)), epochs) for f in (first, second))
+    return [a, b if b > a else a + 1]
+
+
+def trial_config(spec: Spec, params: dict[str, Any]) -> Config:
+    """The validated Config of one trial: base, then fixed, then the sampled `params`."""
+    values = {**spec.fixed, **params}
+    unknown = [k for k in params if k not in MILESTONE_KEYS and spec.param(k) is None and k not in spec.fixed]
+    if unknown:
+        raise ConfigError(f"{spec.source}: trial parameters {unknown} are not in the spec's space")
+    plain = {k: x for k, x in values.items() if k not in MILESTONE_KEYS}
+    plain["optim.epochs"] = spec.max_epochs
+    if all(k in values for k in MILESTONE_KEYS):
+        plain["optim.milestones"] = milestone_epochs(values["milestones.first"], values["milestones.second"],
+                                                     spec.max_epochs)
+    try:
+        return C.with_values(spec.base, plain, source=f"{spec.source} (trial)")
+    except TuneHandError as e:
+        raise ConfigError(f"{spec.source}: trial config: {e}") from None

@@ -1,0 +1,415 @@
+"""The sweep driver: Ray Tune + Optuna (TPE) + ASHA over a spec, and what it leaves on disk.
+
+    info = run_search("quick", data_dir="data/", storage="sweeps", name="q1")
+    info = resume_search("sweeps/q1")
+    status = load_status("sweeps/q1")          # from storage alone; no Ray needed
+    export_best("sweeps/q1", "best/")          # config.yaml, checkpoint.pt, metrics.json, provenance.json
+
+The experiment directory is Ray's (`RunConfig(storage_path, name)`), plus two files of ours:
+    EXP/tune_hand_spec.yaml     the effective spec, base config inlined (self-contained)
+    EXP/tune_hand_sweep.json    spec hash, dataset, metric/mode, epoch budget, creation time
+Everything `resume`, `status` and `best` need lives there.
+
+This module and the cluster helpers are the only tune_hand modules that import ray; it is
+imported lazily so `status` and `best` run without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .checkpoint import FILENAME, checkpoint_config, load_checkpoint
+from .errors import ConfigError, DataError, TuneHandError
+from .io import atomic_directory, write_json
+from .spec import Spec, load_spec, parse_spec, spec_hash, with_overrides
+
+SPEC_FILE = "tune_hand_spec.yaml"
+SWEEP_FILE = "tune_hand_sweep.json"
+DEFAULT_STORAGE = "sweeps"
+CHECKPOINTS_TO_KEEP = 3
+
+
+@dataclass
+class ExperimentInfo:
+    path: str
+    name: str
+    spec_hash: str
+    trials: int
+    states: dict[str, int] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- running -------------------------------------------------------------------------------
+def run_search(spec: Spec | str | Path, data_dir: str | Path, storage: str | Path | None = None,
+               name: str | None = None, address: str | None = None, samples: int | None = None,
+               overrides: list[str] | None = None) -> ExperimentInfo:
+    """Start a sweep; blocks until every trial ended (or Ctrl-C, after which `resume` continues)."""
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    if overrides or samples is not None:
+        spec = with_overrides(spec, overrides, samples)
+    data_dir = _check_data(data_dir)
+    name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = _storage(storage)
+    exp = _join(storage, name)
+    if _is_local(exp) and Path(exp).exists() and any(Path(exp).iterdir()):
+        raise TuneHandError(f"{exp}: already exists; `tune-hand resume {exp}` continues it, "
+                            "or choose another --name")
+    meta = {"spec_hash": spec_hash(spec), "name": name, "spec_name": spec.name, "data_dir": data_dir,
+            "metric": spec.metric, "mode": spec.mode, "max_epochs": spec.max_epochs,
+            "num_samples": spec.num_samples, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    _write_text(_join(exp, SPEC_FILE), spec.to_yaml())
+    _write_text(_join(exp, SWEEP_FILE), json.dumps(meta, indent=2) + "\n")
+
+    start = time.perf_counter()
+    with _ray_session(address):
+        tuner = _build_tuner(spec, data_dir, storage, name)
+        tuner.fit()
+    return _summary(exp, meta, time.perf_counter() - start)
+
+
+def resume_search(exp_dir: str | Path, address: str | None = None, data_dir: str | Path | None = None) -> ExperimentInfo:
+    """Continue an interrupted sweep from its storage: unfinished and errored trials resume from
+    their last checkpoints; the searcher's state is restored; new trials fill num_samples."""
+    from ray import tune
+
+    exp = _exp_path(exp_dir)
+    spec, meta = read_experiment(exp)
+    data_dir = _check_data(data_dir or meta["data_dir"])
+    if not tune.Tuner.can_restore(exp):
+        raise TuneHandError(f"{exp}: Ray has no experiment state to restore here (did the search start?)")
+    start = time.perf_counter()
+    with _ray_session(address):
+        tuner = tune.Tuner.restore(exp, trainable=_trainable(spec, data_dir), resume_errored=True)
+        tuner.fit()
+    return _summary(exp, meta, time.perf_counter() - start)
+
+
+def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str):
+    from optuna.samplers import TPESampler
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from .spec import search_space
+
+    searcher = OptunaSearch(space=search_space(spec), metric=spec.metric, mode=spec.mode,
+                            sampler=TPESampler(seed=spec.seed))
+    if spec.max_concurrent_trials:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials)
+    scheduler = None
+    if spec.scheduler.type == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.max_epochs,
+                                  grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    return tune.Tuner(
+        _trainable(spec, data_dir),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+                                    metric=spec.metric, mode=spec.mode, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            storage_path=storage, name=name,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=CHECKPOINTS_TO_KEEP, checkpoint_score_attribute=spec.metric,
+                checkpoint_score_order=spec.mode),
+            verbose=1),
+    )
+
+
+def trial_dirname(trial) -> str:
+    """`train_hand_pose_<trial_id>`: Ray's default packs every parameter into the name."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def _trainable(spec: Spec, data_dir: str):
+    """The trainable with its spec and dataset bound, sized by the spec's resources."""
+    import ray
+    from ray import tune
+
+    from trainables.hand_pose import train_hand_pose
+
+    res = {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
+    if res["gpu"] and not ray.cluster_resources().get("GPU", 0):
+        print(f"tune-hand: warning: the spec asks for {res['gpu']} GPU per trial but the Ray cluster has no "
+              f"GPUs; running trials on {res['cpu']} CPU each", file=sys.stderr)
+        res["gpu"] = 0
+    bound = tune.with_parameters(train_hand_pose, spec=spec.to_dict(), data_dir=data_dir)
+    return tune.with_resources(bound, res)
+
+
+class _ray_session:
+    """Connect to `address`, or start a local Ray sized to this machine; shut down what we started."""
+
+    def __init__(self, address: str | None):
+        self.address = address
+        self.started = False
+
+    def __enter__(self):
+        import ray
+
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+            if self.address:
+                ray.init(address=self.address, **kwargs)
+            else:
+                ray.init(num_cpus=os.cpu_count(), **kwargs)
+            self.started = True
+        return self
+
+    def __exit__(self, *exc):
+        import ray
+
+        if self.started and ray.is_initialized():
+            ray.shutdown()
+        return False
+
+
+# -- the experiment on disk ----------------------------------------------------------------
+def read_experiment(exp_dir: str | Path) -> tuple[Spec, dict[str, Any]]:
+    """(spec, sweep metadata) stored with an experiment by `run_search`."""
+    exp = Path(_exp_path(exp_dir))
+    spec_file, meta_file = exp / SPEC_FILE, exp / SWEEP_FILE
+    if not spec_file.is_file() or not meta_file.is_file():
+        raise TuneHandError(f"{exp}: not a tune-hand experiment (no {SPEC_FILE} / {SWEEP_FILE})")
+    try:
+        raw = yaml.safe_load(spec_file.read_text())
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise TuneHandError(f"{exp}: unreadable experiment files ({' '.join(str(e).split())[:200]})") from None
+    return parse_spec(raw, source=str(spec_file)), meta
+
+
+def load_status(exp_dir: str | Path) -> dict[str, Any]:
+    """Every trial of an experiment and the best, from its files alone (no Ray, no cluster).
+
+    A trial's state: finished (ran the whole budget), stopped early (ASHA), diverged, error,
+    running, pending. `best_metric` is the trial's best reported value (diverged epochs
+    excluded); `best` is the best trial-epoch of the experiment (Ray's scope="all").
+    """
+    exp = Path(_exp_path(exp_dir))
+    spec, meta = read_experiment(exp)
+    ray_states = _ray_trial_states(exp)
+    trials = []
+    for trial_dir in _trial_dirs(exp):
+        rows = _results(trial_dir)
+        params = _read_json(trial_dir / "params.json") or {}
+        trial_id = rows[-1]["trial_id"] if rows else _trial_id_from_dir(trial_dir, ray_states)
+        best_row = _best_row(rows, spec.metric, spec.mode)
+        epochs = max((int(r.get("epoch", r.get("training_iteration", 0))) for r in rows), default=0)
+        trials.append({
+            "trial_id": trial_id,
+            "state": _state(ray_states.get(trial_id), rows, trial_dir, spec.max_epochs),
+            "epochs": epochs,
+            "best_metric": best_row[spec.metric] if best_row else None,
+            "best_epoch": int(best_row["epoch"]) if best_row else None,
+            "config": params,
+            "dir": trial_dir.name,
+        })
+    for trial_id, state in ray_states.items():  # trials Ray created but that never wrote a file
+        if not any(t["trial_id"] == trial_id for t in trials):
+            trials.append({"trial_id": trial_id, "state": _STATE_NAMES.get(state, state.lower()), "epochs": 0,
+                           "best_metric": None, "best_epoch": None, "config": {}, "dir": None})
+    scored = [t for t in trials if t["best_metric"] is not None]
+    sign = 1 if spec.mode == "min" else -1
+    best = min(scored, key=lambda t: sign * t["best_metric"]) if scored else None
+    return {"experiment": str(exp), "name": meta.get("name"), "spec_name": spec.name, "spec_hash": meta.get("spec_hash"),
+            "metric": spec.metric, "mode": spec.mode, "max_epochs": spec.max_epochs,
+            "num_samples": spec.num_samples, "space": [p.key for p in spec.space], "trials": trials,
+            "best": None if best is None else {k: best[k] for k in ("trial_id", "best_metric", "best_epoch",
+                                                                     "config")}}
+
+
+def export_best(exp_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Write the best trial's BEST-epoch checkpoint, config, metrics and provenance to `out_dir`.
+
+    The best trial is the one with the best reported metric over all its epochs (Ray's
+    `get_best_result(metric, mode, scope="all")`); its checkpoint is the best-scored one kept
+    (`Result.get_best_checkpoint(metric, mode)`), never the latest.
+    """
+    exp = Path(_exp_path(exp_dir))
+    spec, meta = read_experiment(exp)
+    best = None
+    for trial_dir in _trial_dirs(exp):
+        rows = _results(trial_dir)
+        for row in rows:
+            if _scored(row, spec.metric) and row.get("checkpoint_dir_name") and \
+                    (trial_dir / row["checkpoint_dir_name"] / FILENAME).is_file():
+                if best is None or _better(row[spec.metric], best[1][spec.metric], spec.mode):
+                    best = (trial_dir, row)
+    if best is None:
+        raise TuneHandError(f"{exp}: no trial has reported {spec.metric} with a checkpoint yet")
+    trial_dir, row = best
+    source = trial_dir / row["checkpoint_dir_name"] / FILENAME
+    state = load_checkpoint(source)
+    cfg = checkpoint_config(state, source)
+    metrics = {k: v for k, v in row.items() if k not in ("config",)}
+    provenance = {
+        "experiment": str(exp), "trial_id": row["trial_id"], "trial_dir": trial_dir.name,
+        "epoch": int(state["epoch"]), "checkpoint": str(source.relative_to(exp)),
+        "metric": spec.metric, "mode": spec.mode, "value": row[spec.metric],
+        "spec_hash": meta.get("spec_hash"), "spec_name": spec.name, "config_digest": cfg.digest(),
+        "params": _read_json(trial_dir / "params.json") or {},
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if provenance["epoch"] != int(row["epoch"]):
+        raise TuneHandError(f"{source}: holds epoch {provenance['epoch']} but its result row says "
+                            f"{row['epoch']}; the experiment directory is inconsistent")
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        shutil.copyfile(source, tmp / FILENAME)
+        cfg.to_yaml(tmp / "config.yaml")
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "provenance.json", provenance)
+    return {"out": str(out_dir), **provenance}
+
+
+# -- reading Ray's files ---------------------------------------------------------------------
+_STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "error"}
+
+
+def _trial_dirs(exp: Path) -> list[Path]:
+    return sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").is_file())
+
+
+def _results(trial_dir: Path) -> list[dict[str, Any]]:
+    """Every reported row of a trial (result.json holds one JSON object per line)."""
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a torn last line of a killed trial
+            continue
+    return rows
+
+
+def _ray_trial_states(exp: Path) -> dict[str, str]:
+    """trial_id -> Ray's status (PENDING, RUNNING, TERMINATED, ERROR) from the newest experiment state."""
+    states = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return {}
+    data = _read_json(states[-1]) or {}
+    out = {}
+    for entry in data.get("trial_data", []):
+        try:
+            trial = json.loads(entry[0]) if isinstance(entry, (list, tuple)) else entry
+            out[trial["trial_id"]] = trial["status"]
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _trial_id_from_dir(trial_dir: Path, states: dict[str, str]) -> str:
+    return next((tid for tid in states if tid in trial_dir.name), trial_dir.name)
+
+
+def _state(ray_state: str | None, rows: list[dict], trial_dir: Path, max_epochs: int) -> str:
+    if rows and rows[-1].get("diverged"):
+        return "diverged"
+    if ray_state in ("ERROR",) or (ray_state is None and (trial_dir / "error.txt").exists()):
+        return "error"
+    if ray_state in ("PENDING", "RUNNING", "PAUSED"):
+        return _STATE_NAMES[ray_state]
+    epochs = max((int(r.get("epoch", 0)) for r in rows), default=0)
+    if ray_state == "TERMINATED" or rows:
+        return "finished" if epochs >= max_epochs else "stopped early"
+    return "pending"
+
+
+def _scored(row: dict, metric: str) -> bool:
+    value = row.get(metric)
+    return isinstance(value, (int, float)) and math.isfinite(value) and not row.get("diverged")
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a < b if mode == "min" else a > b
+
+
+def _best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
+    best = None
+    for row in rows:
+        if _scored(row, metric) and (best is None or _better(row[metric], best[metric], mode)):
+            best = row
+    return best
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _summary(exp: str, meta: dict, seconds: float) -> ExperimentInfo:
+    if not _is_local(exp):
+        return ExperimentInfo(path=exp, name=meta["name"], spec_hash=meta["spec_hash"], trials=-1, seconds=seconds)
+    status = load_status(exp)
+    states: dict[str, int] = {}
+    for t in status["trials"]:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    return ExperimentInfo(path=exp, name=meta["name"], spec_hash=meta["spec_hash"], trials=len(status["trials"]),
+                          states=states, best=status["best"], seconds=seconds)
+
+
+# -- paths and storage -----------------------------------------------------------------------
+def _is_local(path: str) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def _storage(storage: str | Path | None) -> str:
+    storage = str(storage or DEFAULT_STORAGE)
+    return str(Path(storage).expanduser().resolve()) if _is_local(storage) else storage.rstrip("/")
+
+
+def _join(base: str, name: str) -> str:
+    return str(Path(base) / name) if _is_local(base) else f"{base}/{name}"
+
+
+def _exp_path(exp_dir: str | Path) -> str:
+    exp = str(exp_dir)
+    if not _is_local(exp):
+        raise TuneHandError(f"{exp}: status, best and resume read a local experiment directory; "
+                            "copy it from the bucket first (e.g. `aws s3 sync`)")
+    path = Path(exp.removeprefix("file://")).expanduser().resolve()
+    if not path.is_dir():
+        raise TuneHandError(f"{path}: no such experiment directory")
+    return str(path)
+
+
+def _write_text(path: str, text: str) -> None:
+    if _is_local(path):
+        from .io import atomic_write
+
+        os.chmod(atomic_write(Path(path.removeprefix("file://")), lambda f: f.write(text), mode="w"), 0o644)
+        return
+    import pyarrow.fs
+
+    fs, p = pyarrow.fs.FileSystem.from_uri(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(text.encode())
+
+
+def _check_data(data_dir: str | Path | None) -> str:
+    if data_dir is None:
+        raise ConfigError("--data: a sweep needs a dataset directory (FreiHAND layout)")
+    path = Path(data_dir).expanduser().resolve()
+    if not (path / "training_K.json").is_file():
+        raise DataError(f"{path}: not a FreiHAND-layout dataset (no training_K.json)")
+    return str(path)

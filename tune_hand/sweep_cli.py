@@ -1,0 +1,137 @@
+"""The sweep subcommands of `tune-hand`: search, resume, status, best.
+
+    tune-hand search quick --data data/ --name q1 --storage sweeps --set model.channels=8
+    tune-hand resume sweeps/q1
+    tune-hand status sweeps/q1 [--json]
+    tune-hand best sweeps/q1 --export best/
+
+Wired into the main parser by `add_commands(sub)`; each command is a thin shell over
+`tune_hand.sweep`. Ray is imported only by `search` and `resume`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def cmd_search(args) -> int:
+    from .sweep import DEFAULT_STORAGE, run_search
+
+    info = run_search(args.spec, args.data, storage=args.storage or DEFAULT_STORAGE, name=args.name,
+                      address=args.address, samples=args.samples, overrides=args.overrides)
+    _print_summary(info)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from .sweep import resume_search
+
+    info = resume_search(args.experiment, address=args.address, data_dir=args.data)
+    _print_summary(info)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .sweep import load_status
+
+    status = load_status(args.experiment)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def cmd_best(args) -> int:
+    from .sweep import export_best
+
+    out = export_best(args.experiment, args.export, overwrite=args.overwrite)
+    print(f"best trial {out['trial_id']}: {out['metric']}={out['value']:.3f} at epoch {out['epoch']} "
+          f"(spec {out['spec_name']}, hash {out['spec_hash']}) -> {out['out']}", file=sys.stderr)
+    print(json.dumps(out))
+    return 0
+
+
+def _print_summary(info) -> None:
+    states = ", ".join(f"{n} {s}" for s, n in sorted(info.states.items()))
+    best = info.best
+    line = f"sweep {info.name}: {info.trials} trials ({states}) in {info.seconds:.0f}s -> {info.path}"
+    if best:
+        line += f"; best {best['trial_id']} {best['best_metric']:.3f} at epoch {best['best_epoch']}"
+    print(line, file=sys.stderr)
+    print(json.dumps(info.to_dict()))
+
+
+def format_status(status: dict) -> str:
+    """A table of trials, best first, then the best trial-epoch."""
+    trials = status["trials"]
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["state"]] = counts.get(t["state"], 0) + 1
+    lines = [f"{status['experiment']}: spec {status['spec_name']} (hash {status['spec_hash']}), "
+             f"{status['metric']} ({status['mode']}), {len(trials)}/{status['num_samples']} trials: "
+             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    sign = 1 if status["mode"] == "min" else -1
+    order = sorted(trials, key=lambda t: (t["best_metric"] is None, sign * (t["best_metric"] or 0)))
+    lines.append(f"{'trial':<10} {'state':<14} {'epochs':>7} {'best':>9}  params")
+    for t in order:
+        metric = "-" if t["best_metric"] is None else f"{t['best_metric']:.3f}"
+        params = " ".join(f"{k}={_short(v)}" for k, v in t["config"].items() if k in status.get("space", ()))
+        lines.append(f"{t['trial_id']:<10} {t['state']:<14} {t['epochs']:>3}/{status['max_epochs']:<3} "
+                     f"{metric:>9}  {params}")
+    best = status["best"]
+    if best:
+        lines.append(f"best: {best['trial_id']} {status['metric']}={best['best_metric']:.3f} "
+                     f"at epoch {best['best_epoch']}")
+    return "\n".join(lines)
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add search, resume, status and best to the `tune-hand` subparsers."""
+    p = sub.add_parser("search", help="run a hyperparameter sweep (Ray Tune + Optuna TPE + ASHA)")
+    p.add_argument("spec", help="sweep spec YAML or a shipped spec (paper, quick)")
+    p.add_argument("--data", required=True, help="dataset directory (FreiHAND layout), readable on every node")
+    p.add_argument("--name", help="experiment name (default: SPEC-date-time)")
+    p.add_argument("--storage", help="where experiments live: a directory, NFS path or bucket URI "
+                                     "(default: ./sweeps)")
+    p.add_argument("--address", help="a running Ray cluster (default: start a local Ray on this machine)")
+    p.add_argument("--samples", type=_positive_int, help="override the spec's num_samples")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="pin a trial config value for every trial, e.g. --set model.channels=64 (repeatable; "
+                        "a searched key stops being searched)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("resume", help="continue an interrupted sweep from its experiment directory")
+    p.add_argument("experiment", help="experiment directory (STORAGE/NAME)")
+    p.add_argument("--address", help="a running Ray cluster (default: start a local Ray)")
+    p.add_argument("--data", help="dataset directory, if it moved since the search started")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("status", help="trials of a sweep and the best so far, from its storage (no Ray needed)")
+    p.add_argument("experiment")
+    p.add_argument("--json", action="store_true", help="print JSON: {trials: [...], best: {...}}")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("best", help="export the best trial's best-epoch checkpoint and config")
+    p.add_argument("experiment")
+    p.add_argument("--export", required=True, metavar="DIR",
+                   help="write config.yaml, checkpoint.pt, metrics.json, provenance.json here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    p.set_defaults(func=cmd_best)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
+
