@@ -68,6 +68,7 @@ PARAMS = {"optim.lr": 1e-3, "model.target": "root_relative", "milestones.first":
           "augment.rotation_prob": 0.0, "augment.flip": 0.0}
 
 
+@pytest.mark.slow
 def test_trainable_reports_every_epoch_with_a_full_checkpoint_and_resumes(monkeypatch, tiny_data, tmp_path):
     spec = quick_spec(3)
     first = run_trainable(monkeypatch, tiny_data, FakeSession(tmp_path / "a"), spec, PARAMS)
@@ -201,6 +202,50 @@ def test_best_exports_the_best_epoch_checkpoint_as_ray_would_choose(sweep, tmp_p
     assert metrics["pa_mpjpe_mm"] == pytest.approx(min(r["pa_mpjpe_mm"] for r in
                                                        analysis.trial_dataframes[trial.trial_id].to_dict("records")))
     assert main(["best", str(exp), "--export", str(out)]) == 2  # never overwrites silently
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_cleanly_and_resume_finishes_it(tiny_data, tmp_path):
+    """SIGINT to the driver (Ctrl-C): Ray saves the experiment, we shut Ray down; `resume`
+    continues interrupted trials from their checkpoints (no epoch is run twice)."""
+    import signal
+    import subprocess
+    import sys
+
+    from tune_hand.sweep import load_status
+
+    exp = tmp_path / "st" / "r"
+    args = [sys.executable, "-m", "tune_hand", "search", "quick", "--data", str(tiny_data),
+            "--storage", str(tmp_path / "st"), "--name", "r", "--samples", "2"]
+    for item in TINY:
+        args += ["--set", item]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list(exp.glob("*/checkpoint_000000")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 130), out[-3000:]
+    assert "tune-hand resume" in out, out[-3000:]
+    deadline = time.time() + 20
+    while raylet_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert raylet_processes() == []
+    before = {t["trial_id"]: t for t in load_status(exp)["trials"]}
+    assert any(t["state"] in ("running", "pending") or t["epochs"] < 4 for t in before.values())
+
+    assert main(["resume", str(exp)]) == 0
+    after = load_status(exp)["trials"]
+    assert len(after) == 2 and {t["state"] for t in after} <= {"finished", "stopped early"}
+    for trial_dir in exp.glob("train_hand_pose_*"):
+        epochs = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert epochs == list(range(1, len(epochs) + 1)), (trial_dir.name, epochs)
 
 
 @pytest.mark.slow

@@ -42,11 +42,11 @@ def cmd_synth(args) -> int:
             if sys.stderr.isatty():
                 print(f"\rrendering {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-        summary = render_dataset(out, n_train=args.train or 64, n_eval=16 if args.eval is None else args.eval,
+        summary = render_dataset(out, n_train=64 if args.train is None else args.train, n_eval=16 if args.eval is None else args.eval,
                                  seed=args.seed, image_size=args.image_size, with_mesh_files=not args.no_mesh,
                                  overwrite=args.overwrite, progress=progress)
-        print(f"wrote {summary['dir']}: {summary['unique_samples']} unique samples, "
-              f"{summary['train_images']} training images, {summary['eval_images']} evaluation images "
+        print(f"wrote {summary['dir']}: {summary['train_images']} training images "
+              f"({summary['train_images'] // 4} poses x 4 colour versions), {summary['eval_images']} evaluation images "
               f"in {summary['seconds']:.1f}s ({summary['images_per_s']:.0f} images/s)")
     if args.preview:
         print(f"preview: {write_preview(out, args.preview, count=args.preview_count)}")

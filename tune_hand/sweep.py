@@ -78,7 +78,7 @@ def run_search(spec: Spec | str | Path, data_dir: str | Path, storage: str | Pat
     start = time.perf_counter()
     with _ray_session(address):
         tuner = _build_tuner(spec, data_dir, storage, name)
-        tuner.fit()
+        _fit(tuner, exp, spec.num_samples)
     return _summary(exp, meta, time.perf_counter() - start)
 
 
@@ -95,8 +95,23 @@ def resume_search(exp_dir: str | Path, address: str | None = None, data_dir: str
     start = time.perf_counter()
     with _ray_session(address):
         tuner = tune.Tuner.restore(exp, trainable=_trainable(spec, data_dir), resume_errored=True)
-        tuner.fit()
+        _fit(tuner, exp, spec.num_samples)
     return _summary(exp, meta, time.perf_counter() - start)
+
+
+def _fit(tuner, exp: str, num_samples: int) -> None:
+    """Run the trials. Ray Tune handles the first Ctrl-C itself (it saves the experiment state
+    and returns); a second one raises KeyboardInterrupt through here."""
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        print(f"tune-hand: interrupted; continue with `tune-hand resume {exp}`", file=sys.stderr)
+        raise
+    if _is_local(exp):
+        states = _ray_trial_states(Path(exp))
+        if len(states) < num_samples or any(s in ("RUNNING", "PENDING", "PAUSED") for s in states.values()):
+            print(f"tune-hand: the sweep stopped before all trials ended; continue with `tune-hand resume {exp}`",
+                  file=sys.stderr)
 
 
 def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str):
