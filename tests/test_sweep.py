@@ -97,6 +97,17 @@ def test_trainable_reports_a_diverged_epoch_as_the_worst_finite_value_and_stops(
     json.dumps(metrics, allow_nan=False)  # no NaN/inf reaches Ray's result files
 
 
+def test_gpu_specs_fall_back_to_cpus_on_a_cluster_without_gpus(capsys):
+    from tune_hand.sweep import trial_resources
+
+    paper = load_spec("paper")
+    assert trial_resources(paper, cluster_gpus=8) == {"cpu": 4, "gpu": 1}
+    assert trial_resources(paper, cluster_gpus=0) == {"cpu": 4, "gpu": 0}
+    assert "no GPUs" in capsys.readouterr().err
+    assert trial_resources(load_spec("quick"), cluster_gpus=0) == {"cpu": 1, "gpu": 0}
+    assert capsys.readouterr().err == ""
+
+
 def test_status_of_a_missing_experiment_is_a_user_error(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nope")]) == 2
     assert "no such experiment directory" in capsys.readouterr().err
@@ -215,7 +226,12 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_resume_finishes_it(tiny_data, tmp_pa
     from tune_hand.sweep import load_status
 
     exp = tmp_path / "st" / "r"
-    args = [sys.executable, "-m", "tune_hand", "search", "quick", "--data", str(tiny_data),
+    # The shipped quick spec, but asking for a GPU: this machine has none, so trials fall back to CPUs.
+    raw = yaml.safe_load(Path(load_spec("quick").source).read_text())
+    raw["resources"] = {"gpu": 1, "cpu": 1}
+    spec_file = tmp_path / "quick_gpu.yaml"
+    spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    args = [sys.executable, "-m", "tune_hand", "search", str(spec_file), "--data", str(tiny_data),
             "--storage", str(tmp_path / "st"), "--name", "r", "--samples", "2"]
     for item in TINY:
         args += ["--set", item]
@@ -233,6 +249,7 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_resume_finishes_it(tiny_data, tmp_pa
             proc.kill()
     assert proc.returncode in (0, 130), out[-3000:]
     assert "tune-hand resume" in out, out[-3000:]
+    assert "has no GPUs; running each trial on 1 CPU" in out
     deadline = time.time() + 20
     while raylet_processes() and time.time() < deadline:
         time.sleep(0.5)

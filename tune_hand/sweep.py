@@ -158,13 +158,18 @@ def _trainable(spec: Spec, data_dir: str):
 
     from trainables.hand_pose import train_hand_pose
 
-    res = {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
-    if res["gpu"] and not ray.cluster_resources().get("GPU", 0):
-        print(f"tune-hand: warning: the spec asks for {res['gpu']} GPU per trial but the Ray cluster has no "
-              f"GPUs; running trials on {res['cpu']} CPU each", file=sys.stderr)
-        res["gpu"] = 0
     bound = tune.with_parameters(train_hand_pose, spec=spec.to_dict(), data_dir=data_dir)
-    return tune.with_resources(bound, res)
+    return tune.with_resources(bound, trial_resources(spec, ray.cluster_resources().get("GPU", 0)))
+
+
+def trial_resources(spec: Spec, cluster_gpus: float) -> dict[str, float]:
+    """Per-trial resources; a cluster without GPUs runs GPU specs on CPUs, with a warning."""
+    res = {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
+    if res["gpu"] and not cluster_gpus:
+        print(f"tune-hand: warning: the spec asks for {res['gpu']:g} GPU per trial but the Ray cluster has no "
+              f"GPUs; running each trial on {res['cpu']:g} CPU instead", file=sys.stderr)
+        res["gpu"] = 0
+    return res
 
 
 class _ray_session:

@@ -205,6 +205,8 @@ class Trainer:
             else:
                 self.scheduler.step()
                 val = self.validate()
+                if val and not math.isfinite(val[PRIMARY_METRIC]):
+                    self.status = "diverged"  # finite loss, but eval-mode predictions blew up
             seconds = time.perf_counter() - start
             metric = val.get(PRIMARY_METRIC, math.nan)
             is_best = finite and math.isfinite(metric) and metric < self.best_metric
@@ -289,7 +291,9 @@ def predict_loader(trainer_or_model, loader, device: torch.device | None = None,
 
 
 def validation_metrics(pred_mm: np.ndarray, gt_mm: np.ndarray, target: str) -> dict[str, float]:
-    """The search's metric (`pa_mpjpe_mm`) plus root-relative and unaligned MPJPE."""
+    """The search's metric (`pa_mpjpe_mm`) plus root-relative and unaligned MPJPE; NaN if any prediction is."""
+    if not np.isfinite(pred_mm).all():
+        return {PRIMARY_METRIC: math.nan, "rr_mpjpe_mm": math.nan, "mpjpe_mm": math.nan}
     rr = np.linalg.norm((pred_mm - pred_mm[:, :1]) - (gt_mm - gt_mm[:, :1]), axis=-1).mean()
     out = {
         PRIMARY_METRIC: float(pa_mpjpe_mm(pred_mm, gt_mm)),
