@@ -100,3 +100,16 @@ def test_small_config_learns_on_synthetic_hands(tmp_path):
     print(f"best val pa_mpjpe {best:.2f} mm; baselines camera-mean {camera:.2f}, mean-shape {shape:.2f}")
     assert best < 0.85 * camera
     assert best < shape * 1.15  # heading below the strongest constant predictor
+
+
+@pytest.mark.timeout(300)
+def test_loader_workers_survive_a_render_in_the_same_process(tmp_path):
+    """Regression: OpenCV's thread pool, used by the renderer in this process, deadlocked
+    forked DataLoader workers (the demo hung at its first epoch)."""
+    from tune_hand.data.synthetic import render_dataset
+
+    data = tmp_path / "data"
+    render_dataset(data, n_train=6, n_eval=0, seed=5, with_mesh_files=False)
+    trainer = Trainer(tiny_config("optim.epochs=1", "data.num_workers=2", "data.val_fraction=0.2"), data)
+    (result,) = list(trainer.epochs())
+    assert result.status == "ok" and result.epoch == 1

@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from .checkpoint import model_from_checkpoint
-from .data.dataset import HandPoseDataset
+from .data.dataset import HandPoseDataset, make_loader
 from .data.freihand import FreiHAND, split_by_sample
 from .errors import DataError, TuneHandError
 from .io import atomic_write_bytes
@@ -79,8 +78,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
         raise TuneHandError(f"--tta {tta}: must be at least 1")
     reader, indices, train_unique = split_items(data_dir, split, cfg.data.seed, cfg.data.val_fraction)
     dataset = HandPoseDataset(reader, indices, cfg.data.image_size, augment=None)
-    loader = DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, shuffle=False,
-                        num_workers=min(cfg.data.num_workers, 2))
+    loader = make_loader(dataset, batch_size or cfg.eval.batch_size, cfg.data.num_workers,
+                         pin_memory=dev.type == "cuda")
     pred_mm, gt_mm = predict_loader(model, loader, device=dev, tta=tta)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "data": str(data_dir), "split": split, "tta": tta, "n": len(pred_mm),
@@ -173,7 +172,7 @@ def format_scores(result: dict[str, Any]) -> str:
     keys = ("pa_mpjpe_mm", "rr_mpjpe_mm", "freihand_aligned_mm", "auc_0_50mm", "mpjpe_mm")
     rows = [("model" + (f" (tta {result['tta']})" if "tta" in result else ""), result)]
     rows += [(name, s) for name, s in result.get("baselines", {}).items()]
-    width = max(len(r[0]) for r in rows)
+    width = max([len(r[0]) for r in rows] + [18])
     lines = [" " * width + "  " + "  ".join(f"{k:>19}" for k in keys)]
     for name, s in rows:
         cells = "  ".join(f"{s.get(k, math.nan):>19.3f}" if isinstance(s.get(k), (int, float)) else f"{'-':>19}" for k in keys)

@@ -62,11 +62,12 @@ def run_search(spec: Spec | str | Path, data_dir: str | Path, storage: str | Pat
         spec = load_spec(spec)
     if overrides or samples is not None:
         spec = with_overrides(spec, overrides, samples)
-    data_dir = _check_data(data_dir)
+    data_dir = _check_data(data_dir, remote=address is not None)
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = _storage(storage)
     exp = _join(storage, name)
-    if _is_local(exp) and Path(exp).exists() and any(Path(exp).iterdir()):
+    if _is_local(exp) and Path(exp).exists() and \
+            any(p.name not in (SPEC_FILE, SWEEP_FILE) for p in Path(exp).iterdir()):
         raise TuneHandError(f"{exp}: already exists; `tune-hand resume {exp}` continues it, "
                             "or choose another --name")
     meta = {"spec_hash": spec_hash(spec), "name": name, "spec_name": spec.name, "data_dir": data_dir,
@@ -89,7 +90,7 @@ def resume_search(exp_dir: str | Path, address: str | None = None, data_dir: str
 
     exp = _exp_path(exp_dir)
     spec, meta = read_experiment(exp)
-    data_dir = _check_data(data_dir or meta["data_dir"])
+    data_dir = _check_data(data_dir or meta["data_dir"], remote=address is not None)
     if not tune.Tuner.can_restore(exp):
         raise TuneHandError(f"{exp}: Ray has no experiment state to restore here (did the search start?)")
     start = time.perf_counter()
@@ -321,10 +322,12 @@ def _results(trial_dir: Path) -> list[dict[str, Any]]:
 
 def _ray_trial_states(exp: Path) -> dict[str, str]:
     """trial_id -> Ray's status (PENDING, RUNNING, TERMINATED, ERROR) from the newest experiment state."""
-    states = sorted(exp.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # Newest by the timestamp in the name, as Ray chooses: Ray re-syncs older state files from its
+    # staging directory after a restored run, so their mtimes say nothing.
+    states = sorted(p.name for p in exp.glob("experiment_state-*.json"))
     if not states:
         return {}
-    data = _read_json(states[-1]) or {}
+    data = _read_json(exp / states[-1]) or {}
     out = {}
     for entry in data.get("trial_data", []):
         try:
@@ -426,10 +429,15 @@ def _write_text(path: str, text: str) -> None:
         f.write(text.encode())
 
 
-def _check_data(data_dir: str | Path | None) -> str:
+def _check_data(data_dir: str | Path | None, remote: bool = False) -> str:
+    """The dataset's absolute path; trials read it at the same path on every node. With a remote
+    cluster the driver may not see it, so a missing dataset is then only a warning."""
     if data_dir is None:
         raise ConfigError("--data: a sweep needs a dataset directory (FreiHAND layout)")
     path = Path(data_dir).expanduser().resolve()
     if not (path / "training_K.json").is_file():
-        raise DataError(f"{path}: not a FreiHAND-layout dataset (no training_K.json)")
+        if not remote:
+            raise DataError(f"{path}: not a FreiHAND-layout dataset (no training_K.json)")
+        print(f"tune-hand: warning: {path} is not a dataset on this machine; the trials must find it on theirs",
+              file=sys.stderr)
     return str(path)

@@ -13,7 +13,6 @@ points in millimetres. A non-finite loss ends the run at once with status "diver
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,10 +22,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from .config import Config
-from .data.dataset import AugmentSampler, HandPoseDataset
+from .data.dataset import AugmentSampler, HandPoseDataset, make_loader
 from .data.freihand import FreiHAND, coordinate_ranges, mean_root_mm, split_by_sample
 from .errors import CheckpointError, ConfigError
 from .metrics import pa_mpjpe_mm
@@ -66,6 +64,19 @@ def select_device(name: str) -> torch.device:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               x: torch.Tensor, y: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """One optimisation step (MSE on the 3D points, mm); returns the loss without syncing."""
+    with torch.autocast(device_type=x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        pred = model(x)
+    loss = F.mse_loss(pred.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
 
 
 class Trainer:
@@ -126,17 +137,14 @@ class Trainer:
         cfg = self.cfg
         size = cfg.data.image_size
         workers = cfg.data.num_workers
-        common = dict(num_workers=workers, pin_memory=self.device.type == "cuda",
-                      persistent_workers=workers > 0)
+        pin = self.device.type == "cuda"
         train_set = HandPoseDataset(self.reader, self.train_idx, size, augment=cfg.augment)
         self.sampler = AugmentSampler(len(train_set), seed=cfg.train.seed)
-        self.train_loader = DataLoader(
-            train_set, batch_size=cfg.optim.batch_size, sampler=self.sampler,
-            drop_last=len(train_set) > cfg.optim.batch_size,  # a batch of 1 breaks BatchNorm
-            **common)
+        self.train_loader = make_loader(
+            train_set, cfg.optim.batch_size, workers, sampler=self.sampler, pin_memory=pin,
+            drop_last=len(train_set) > cfg.optim.batch_size)  # a batch of 1 breaks BatchNorm
         val_set = HandPoseDataset(self.reader, self.val_idx, size, augment=None)
-        self.val_loader = DataLoader(val_set, batch_size=cfg.eval.batch_size, shuffle=False, **common) \
-            if len(val_set) else None
+        self.val_loader = make_loader(val_set, cfg.eval.batch_size, workers, pin_memory=pin) if len(val_set) else None
 
     def to_input(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 (B,3,S,S) from the loader -> float [0,1] on the device (normalised inside the model)."""
@@ -151,11 +159,6 @@ class Trainer:
             y = y - y[:, :1]
         return y
 
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
-
     # -- one epoch -----------------------------------------------------------------------
     def train_epoch(self) -> tuple[float, int, bool]:
         """(mean loss, images seen, finite). Stops at the first non-finite loss."""
@@ -169,13 +172,7 @@ class Trainer:
         for step, batch in enumerate(self.train_loader):
             x = self.to_input(batch["image"])
             y = self.targets(batch["xyz_mm"])
-            with self.autocast():
-                pred = self.model(x)
-            loss = F.mse_loss(pred.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss = train_step(self.model, self.optimizer, self.scaler, x, y, self.amp_dtype)
             loss_sum += loss.detach() * len(x)
             seen += len(x)
             if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum).item():

@@ -53,7 +53,6 @@ class HandPoseDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        _one_cv2_thread_in_workers()
         position, aug_seed = key if isinstance(key, tuple) else (key, None)
         index = int(self.indices[position])
         sample = self.reader[index]
@@ -75,16 +74,21 @@ class HandPoseDataset(torch.utils.data.Dataset):
         }
 
 
-def _one_cv2_thread_in_workers() -> None:
-    """In a DataLoader worker, keep OpenCV to one thread: the workers are the parallelism, and each
-    decoding and warping with every core would oversubscribe the CPU (torch does the same for itself)."""
-    global _cv2_single_threaded
-    if not _cv2_single_threaded and torch.utils.data.get_worker_info() is not None:
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int, *,
+                sampler: torch.utils.data.Sampler | None = None, drop_last: bool = False,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader whose worker processes are safe to fork and do not oversubscribe the CPU.
+
+    OpenCV's thread pool does not survive fork(): a worker forked from a process whose pool had
+    run (the renderer, a preview) deadlocks on its first cv2.setNumThreads or parallel call. So
+    the parent drops OpenCV to one thread BEFORE the workers fork; the workers are the
+    parallelism, and each decoding and warping on every core would oversubscribe anyway.
+    """
+    if num_workers > 0:
         cv2.setNumThreads(1)
-        _cv2_single_threaded = True
-
-
-_cv2_single_threaded = False
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
+        num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory)
 
 
 class AugmentSampler(torch.utils.data.Sampler):

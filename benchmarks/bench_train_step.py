@@ -1,0 +1,102 @@
+"""Training-step throughput (images/s) of one config, side by side with and without AMP/channels_last.
+
+Measures `tune_hand.training.train_step` (the loop's own step) on device-resident random
+batches, so the figure is the model's cost, not the input pipeline's.
+
+    python benchmarks/bench_train_step.py --config paper --batch-size 32 --json out.json
+    python benchmarks/bench_train_step.py --config small --batch-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tune_hand.config import load_config  # noqa: E402
+from tune_hand.model.pose_net import build_model  # noqa: E402
+from tune_hand.training import select_device, train_step  # noqa: E402
+
+
+def variants(device: torch.device) -> list[tuple[str, bool, torch.dtype | None]]:
+    out = [("fp32", False, None), ("fp32 channels_last", True, None)]
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        out.append((f"{str(dtype).split('.')[-1]} amp channels_last", True, dtype))
+    return out
+
+
+def measure(cfg, device, batch: int, channels_last: bool, amp_dtype, steps: int, warmup: int) -> float:
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    size = cfg.data.image_size
+    x = torch.randint(0, 256, (batch, 3, size, size), device=device, dtype=torch.uint8)
+    y = torch.randn(batch, 21, 3, device=device) * 50
+    if cfg.model.target == "root_relative":
+        y = y - y[:, :1]
+
+    def step():
+        xi = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        return train_step(model, opt, scaler, xi.float().div_(255.0), y, amp_dtype)
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync(device)
+    assert torch.isfinite(loss)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="small")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.overrides + ["model.pretrained=false"])
+    device = select_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    rows = []
+    for label, cl, amp in variants(device):
+        ips = measure(cfg, device, args.batch_size, cl, amp, args.steps, args.warmup)
+        rows.append({"variant": label, "images_per_s": round(ips, 1)})
+    base = rows[0]["images_per_s"]
+    print(f"training step, {args.config} ({cfg.model.encoder} C={cfg.model.channels} N={cfg.model.blocks} "
+          f"{cfg.data.image_size}px), batch {args.batch_size}, {name}, {torch.get_num_threads()} threads")
+    for r in rows:
+        r["ratio_vs_fp32"] = round(r["images_per_s"] / base, 2)
+        print(f"  {r['variant']:<28} {r['images_per_s']:>9.1f} img/s  x{r['ratio_vs_fp32']:.2f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"config": args.config, "overrides": args.overrides,
+                                               "batch": args.batch_size, "device": name,
+                                               "torch": torch.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
