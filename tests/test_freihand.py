@@ -344,3 +344,23 @@ def test_inspect_reports_a_broken_evaluation_split(freihand_root):
     (freihand_root / "evaluation/rgb/00000001.jpg").unlink()
     info = inspect_dataset(freihand_root)
     assert any("evaluation split unusable" in p and "00000001.jpg" in p for p in info["problems"])
+
+
+def test_reader_on_renderer_output(synth_data):
+    """The renderer writes what the reader reads: counts, i mod N, and labels that land on the hand."""
+    from tune_hand.data.inspect import inspect_dataset
+    from tune_hand.geometry import project
+
+    train = FreiHAND(synth_data, "training")
+    assert (train.num_unique, len(train), train.versions) == (16, 64, 4)
+    evaluation = FreiHAND(synth_data, "evaluation")
+    assert len(evaluation) == 8 and evaluation.has_xyz
+    for version in range(4):
+        sample = train[version * train.num_unique + 3]
+        assert sample.unique == 3
+        np.testing.assert_array_equal(sample.xyz, train.xyz[3])
+        uv = project(sample.K, sample.xyz)
+        assert sample.image.shape == (224, 224, 3)
+        assert np.all((uv > 0) & (uv < 223))
+    info = inspect_dataset(synth_data)
+    assert info["unique_samples"] == 16 and info["eval_has_xyz"] and not info["problems"]

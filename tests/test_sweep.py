@@ -241,7 +241,7 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_resume_finishes_it(tiny_data, tmp_pa
     spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     args = [sys.executable, "-m", "tune_hand", "search", str(spec_file), "--data", str(tiny_data),
             "--storage", str(tmp_path / "st"), "--name", "r", "--samples", "2"]
-    for item in TINY:
+    for item in TINY + ["optim.epochs=8"]:  # epochs enough that Ctrl-C lands mid-trial
         args += ["--set", item]
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -263,7 +263,7 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_resume_finishes_it(tiny_data, tmp_pa
         time.sleep(0.5)
     assert raylet_processes() == []
     before = {t["trial_id"]: t for t in load_status(exp)["trials"]}
-    assert any(t["state"] in ("running", "pending") or t["epochs"] < 4 for t in before.values())
+    assert any(t["state"] in ("running", "pending") for t in before.values()), before
 
     assert main(["resume", str(exp)]) == 0
     after = load_status(exp)["trials"]

@@ -50,7 +50,7 @@ def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str)
         metrics = result.metrics()
         metrics["diverged"] = result.status == "diverged"
         if metrics["diverged"]:
-            metrics[parsed.metric] = DIVERGED_METRIC
+            metrics[parsed.metric] = DIVERGED_METRIC if parsed.mode == "min" else -DIVERGED_METRIC
         # Ray's result.json must stay valid for every reader: no NaN/inf in reported values.
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         with tempfile.TemporaryDirectory(prefix="tune_hand_ckpt_") as tmp:

@@ -10,8 +10,15 @@ The experiment directory is Ray's (`RunConfig(storage_path, name)`), plus two fi
     EXP/tune_hand_sweep.json    spec hash, dataset, metric/mode, epoch budget, creation time
 Everything `resume`, `status` and `best` need lives there.
 
-This module and the cluster helpers are the only tune_hand modules that import ray; it is
-imported lazily so `status` and `best` run without a cluster.
+On a multi-node cluster (`--address`) the dataset path must exist on every node, and the
+storage must be shared (NFS path or bucket URI): Ray writes trial results and checkpoints there.
+`status`, `best` and `resume` read a local (or NFS-mounted) experiment directory.
+
+This module and the cluster helpers are the only tune_hand modules that import ray, and only
+inside the functions that start or resume a sweep: `status` and `best` run without Ray.
+Note (Ray 2.60): after a run Ray re-syncs its staged copy of the experiment directory, older
+`experiment_state-*.json` files and ours included, so never rely on mtimes there and never
+edit our files while a sweep runs.
 """
 
 from __future__ import annotations
