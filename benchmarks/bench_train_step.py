@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import device_name, sync  # noqa: E402
 from tune_hand.config import load_config  # noqa: E402
 from tune_hand.model.pose_net import build_model  # noqa: E402
 from tune_hand.training import select_device, train_step  # noqa: E402
@@ -60,10 +60,6 @@ def measure(cfg, device, batch: int, channels_last: bool, amp_dtype, steps: int,
     return batch * steps / (time.perf_counter() - start)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,7 +76,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides + ["model.pretrained=false"])
     device = select_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = device_name(device)
     rows = []
     for label, cl, amp in variants(device):
         ips = measure(cfg, device, args.batch_size, cl, amp, args.steps, args.warmup)

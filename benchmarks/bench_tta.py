@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import device_name, sync  # noqa: E402
 from tune_hand.config import load_config  # noqa: E402
 from tune_hand.geometry import rot_z  # noqa: E402
 from tune_hand.model.pose_net import build_model  # noqa: E402
@@ -58,10 +58,6 @@ def timed(fn, device, repeats: int) -> tuple[float, torch.Tensor]:
     return (time.perf_counter() - start) / repeats, out
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,7 +90,7 @@ def main() -> None:
         seconds, out = timed(fn, device, args.repeats)
         rows[label] = {"seconds": seconds, "out": out}
     ref = rows["paper-style per-sample loop"]["out"]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = device_name(device)
     limit = rows["bare n forwards (limit)"]["seconds"]
     print(f"rotation averaging n={n}, {args.config} ({cfg.model.encoder} {size}px), batch {args.batch_size}, {name}")
     table = []
