@@ -7,6 +7,7 @@ Renders a synthetic FreiHAND-layout dataset, trains the CPU-sized config (preset
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from .runs import BEST, print_epoch, run, start_run
 
 # (unique training samples, evaluation images, epochs): the full demo fits ~10 minutes
 # on 2 cores; --quick is a smoke test of the same path.
-FULL = dict(train=600, eval=200, epochs=14, milestones=[10, 13])
+FULL = dict(train=2000, eval=200, epochs=7, milestones=[6, 7])
 QUICK = dict(train=24, eval=16, epochs=2, milestones=[1, 2])
 
 
@@ -30,7 +31,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     data = out / "data"
     if not (data / "training_K.json").exists():
         summary = render_dataset(data, n_train=size["train"], n_eval=size["eval"], seed=0,
-                                 with_mesh_files=False)
+                                 with_mesh_files=False, workers=min(2, os.cpu_count() or 1))
         _say(f"data: {summary['train_images']} training + {summary['eval_images']} evaluation images "
              f"rendered in {summary['seconds']:.0f}s -> {data}")
     else:
