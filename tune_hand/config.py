@@ -145,14 +145,9 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({_one_line(e)})") from None
-        return cls.from_dict(data, source=str(path))
+        from .io import read_yaml
+
+        return cls.from_dict(read_yaml(path, "config"), source=str(path))
 
     def copy(self) -> "Config":
         return copy.deepcopy(self)
@@ -217,10 +212,6 @@ class Config:
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: must be {expected}")
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
 
 
 _SECTION_TYPES = {

@@ -35,6 +35,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], mode: str
     return path
 
 
+def read_yaml(path: str | os.PathLike, what: str = "file") -> Any:
+    """yaml.safe_load of a file; unreadable or invalid YAML is a one-line ConfigError naming it."""
+    import yaml
+
+    from .errors import ConfigError
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what} ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -58,6 +58,7 @@ import yaml
 from . import config as C
 from .config import Config
 from .errors import ConfigError, TuneHandError
+from .io import read_yaml
 
 MILESTONE_KEYS = ("milestones.first", "milestones.second")
 PARAM_TYPES = ("categorical", "int", "float", "loguniform")
@@ -182,12 +183,7 @@ def spec_path(path_or_name: str | Path) -> Path:
 def load_spec(path_or_name: str | Path) -> Spec:
     """Read and validate a spec file or a shipped spec (`paper`, `quick`)."""
     path = spec_path(path_or_name)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read sweep spec ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    raw = read_yaml(path, "sweep spec")
     return parse_spec(raw, source=str(path), default_name=path.stem, base_dir=path.parent)
 
 
