@@ -180,7 +180,7 @@ def test_every_pose_family_is_drawn_and_pinches_touch():
 
 # -- rendering ------------------------------------------------------------------------------------
 def test_hand_is_drawn_where_keypoints_project(samples):
-    hits, near_tips = [], []
+    hits = []
     for s in samples:
         near = cv2.dilate(s.mask, np.ones((5, 5), np.uint8))  # within 2 px
         c, r = np.round(project(s.K, s.xyz)).astype(int).T

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .checkpoint import model_from_checkpoint
 from .data.dataset import HandPoseDataset, make_loader

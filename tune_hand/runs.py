@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -98,7 +97,3 @@ def print_epoch(result: EpochResult, total: int, stream=sys.stderr) -> None:
     print(f"epoch {result.epoch:>3}/{total} {best} loss={result.train_loss:.4g} lr={result.lr:.2g} "
           f"{val} [{result.seconds:.1f}s, {result.images_per_s:.0f} img/s] {result.status}",
           file=stream, flush=True)
-
-
-def timestamp() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S")
