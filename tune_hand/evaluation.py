@@ -33,8 +33,9 @@ NUM_VERTS = 778
 SPLITS = ("evaluation", "val")
 
 
-def split_items(data_dir: str | Path, split: str, data_seed: int, val_fraction: float) -> tuple[FreiHAND, np.ndarray, np.ndarray]:
-    """(reader, image indices to score, unique indices of the training annotations for baselines)."""
+def split_items(data_dir: str | Path, split: str, data_seed: int,
+                val_fraction: float) -> tuple[FreiHAND, np.ndarray, np.ndarray]:
+    """(reader, image indices to score, training annotations (N, 21, 3) in mm for the baselines)."""
     if split not in SPLITS:
         raise TuneHandError(f"--split {split!r}: must be one of {', '.join(SPLITS)}")
     train = FreiHAND(data_dir, "training")
@@ -42,9 +43,9 @@ def split_items(data_dir: str | Path, split: str, data_seed: int, val_fraction: 
     if split == "val":
         if len(val_idx) == 0:
             raise TuneHandError(f"--split val: the run used data.val_fraction={val_fraction}, so it has no validation images")
-        return train, val_idx, np.unique(train_idx % train.num_unique)
+        return train, val_idx, train.xyz[np.unique(train_idx % train.num_unique)] * 1000.0
     reader = FreiHAND(data_dir, "evaluation")
-    return reader, np.arange(len(reader)), np.arange(train.num_unique)
+    return reader, np.arange(len(reader)), train.xyz * 1000.0
 
 
 def baseline_scores(train_xyz_mm: np.ndarray, gt_mm: np.ndarray) -> dict[str, dict[str, float]]:
@@ -75,7 +76,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     tta = cfg.eval.tta_rotations if tta is None else tta
     if tta < 1:
         raise TuneHandError(f"--tta {tta}: must be at least 1")
-    reader, indices, train_unique = split_items(data_dir, split, cfg.data.seed, cfg.data.val_fraction)
+    reader, indices, train_xyz_mm = split_items(data_dir, split, cfg.data.seed, cfg.data.val_fraction)
     dataset = HandPoseDataset(reader, indices, cfg.data.image_size, augment=None)
     loader = make_loader(dataset, batch_size or cfg.eval.batch_size, cfg.data.num_workers,
                          pin_memory=dev.type == "cuda")
@@ -89,7 +90,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
                           "hand at the training set's mean wrist position")
     if reader.has_xyz:
         result.update(_with_rr(score(pred_mm, gt_mm), pred_mm, gt_mm))
-        result["baselines"] = baseline_scores(FreiHAND(data_dir, "training").xyz[train_unique] * 1000.0, gt_mm)
+        result["baselines"] = baseline_scores(train_xyz_mm, gt_mm)
     else:
         result["note_scores"] = f"{reader.root}: no {split}_xyz.json, so no scores (submission only)"
     if submission is not None:
@@ -156,13 +157,13 @@ def _shape(entry: Any) -> tuple | str:
 def score_file(pred: str | Path, data_dir: str | Path, split: str = "evaluation",
                data_seed: int = 0, val_fraction: float = 0.1) -> dict[str, Any]:
     """Score a FreiHAND-format prediction file against the ground truth, like the official script."""
-    reader, indices, train_unique = split_items(data_dir, split, data_seed, val_fraction)
+    reader, indices, train_xyz_mm = split_items(data_dir, split, data_seed, val_fraction)
     if not reader.has_xyz:
         raise DataError(f"{reader.root}: no {split}_xyz.json ground truth to score against")
     pred_mm = read_prediction(pred, len(indices)) * 1000.0
     gt_mm = reader.xyz[indices % reader.num_unique] * 1000.0
     result = {"prediction": str(pred), "split": split, **_with_rr(score(pred_mm, gt_mm), pred_mm, gt_mm)}
-    result["baselines"] = baseline_scores(FreiHAND(data_dir, "training").xyz[train_unique] * 1000.0, gt_mm)
+    result["baselines"] = baseline_scores(train_xyz_mm, gt_mm)
     return result
 
 
