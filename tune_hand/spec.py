@@ -187,6 +187,17 @@ def load_spec(path_or_name: str | Path) -> Spec:
     return parse_spec(raw, source=str(path), default_name=path.stem, base_dir=path.parent)
 
 
+def _section(v, raw: dict, name: str, known) -> dict:
+    """The spec's `name` mapping (empty if absent); a one-line error for a non-mapping or an unknown key."""
+    section = raw.get(name) or {}
+    if not isinstance(section, dict):
+        v.fail(name, f"expected a mapping of {', '.join(known)}")
+    for key in section:
+        if key not in known:
+            v.fail(f"{name}.{key}", f"unknown key (known: {', '.join(known)})")
+    return section
+
+
 def parse_spec(raw: Any, source: str = "spec", default_name: str = "sweep", base_dir: Path | None = None) -> Spec:
     """Validate a spec mapping; every problem is a one-line ConfigError naming `source` and the key."""
     v = _Validator(source)
@@ -211,12 +222,7 @@ def parse_spec(raw: Any, source: str = "spec", default_name: str = "sweep", base
     except ConfigError as e:
         v.fail("fixed", str(e))
 
-    sched_raw = raw.get("scheduler") or {}
-    if not isinstance(sched_raw, dict):
-        v.fail("scheduler", "expected a mapping (type, grace_period, reduction_factor, max_epochs)")
-    for key in sched_raw:
-        if key not in SCHEDULER_KEYS:
-            v.fail(f"scheduler.{key}", f"unknown key (known: {', '.join(SCHEDULER_KEYS)})")
+    sched_raw = _section(v, raw, "scheduler", SCHEDULER_KEYS)
     max_epochs = v.typed("scheduler.max_epochs", sched_raw.get("max_epochs", fixed_cfg.optim.epochs), int, minimum=1)
     if "optim.epochs" in fixed and "max_epochs" in sched_raw and fixed["optim.epochs"] != max_epochs:
         v.fail("fixed.optim.epochs", f"{fixed['optim.epochs']} differs from scheduler.max_epochs={max_epochs}; "
@@ -247,12 +253,7 @@ def parse_spec(raw: Any, source: str = "spec", default_name: str = "sweep", base
         if any(p.key == key for p in space):
             v.fail(f"fixed.{key}", "is also searched in space; keep it in one place")
 
-    resources_raw = raw.get("resources") or {}
-    if not isinstance(resources_raw, dict):
-        v.fail("resources", "expected a mapping {gpu: n, cpu: k}")
-    for key in resources_raw:
-        if key not in RESOURCE_KEYS:
-            v.fail(f"resources.{key}", f"unknown key (known: {', '.join(RESOURCE_KEYS)})")
+    resources_raw = _section(v, raw, "resources", RESOURCE_KEYS)
     resources = {"gpu": v.number("resources.gpu", resources_raw.get("gpu", 1), minimum=0),
                  "cpu": v.number("resources.cpu", resources_raw.get("cpu", 1), minimum=0)}
     if resources["cpu"] <= 0:
