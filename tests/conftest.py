@@ -109,6 +109,34 @@ def synth_data(tmp_path_factory) -> Path:
     return root
 
 
+# A sweep's trial config small enough for seconds-long epochs on 2 cores.
+TINY = ["model.channels=8", "model.blocks=2", "optim.batch_size=8", "data.num_workers=0", "data.val_fraction=0.25",
+        "train.threads=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """12 synthetic poses x 4 versions (4 evaluation images) for sweeps."""
+    from tune_hand.data.synthetic import render_dataset
+
+    root = tmp_path_factory.mktemp("sweepdata") / "data"
+    render_dataset(root, n_train=12, n_eval=4, seed=1, with_mesh_files=False)
+    return root
+
+
+def raylet_processes() -> list[int]:
+    """PIDs of raylet processes on this machine (a Ray node that is still up)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"raylet" in cmd.split(b"\0")[0]:
+            pids.append(int(pid))
+    return pids
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_ray_auth():
     """Ray 2.60 turns token auth on for a local ray.init() unless told otherwise (DESIGN section 7)."""

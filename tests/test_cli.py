@@ -71,3 +71,10 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert summary["pa_mpjpe_mm"] > 0 and (tmp_path / "demo" / "pred_tta10.zip").is_file()
+
+
+def test_retrain_of_something_that_is_not_a_sweep_is_one_line(tmp_path, synth_data):
+    proc = run_cli("retrain", str(tmp_path / "nope"), "--data", str(synth_data), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and str(tmp_path / "nope") in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

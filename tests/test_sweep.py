@@ -18,17 +18,7 @@ from tune_hand.checkpoint import load_checkpoint
 from tune_hand.cli import main
 from tune_hand.spec import load_spec, with_overrides
 
-TINY = ["model.channels=8", "model.blocks=2", "optim.batch_size=8", "data.num_workers=0", "data.val_fraction=0.25",
-        "train.threads=1"]
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    from tune_hand.data.synthetic import render_dataset
-
-    root = tmp_path_factory.mktemp("sweepdata") / "data"
-    render_dataset(root, n_train=12, n_eval=4, seed=1, with_mesh_files=False)
-    return root
+from conftest import TINY, raylet_processes
 
 
 # -- the trainable, with Ray's session functions replaced -------------------------------------
@@ -127,18 +117,6 @@ def test_search_refuses_a_bad_spec_before_starting_ray(tmp_path, tiny_data, caps
 
 
 # -- one real sweep ---------------------------------------------------------------------------
-def raylet_processes() -> list[int]:
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"raylet" in cmd.split(b"\0")[0]:
-            pids.append(int(pid))
-    return pids
-
-
 @pytest.fixture(scope="module")
 def sweep(tiny_data, tmp_path_factory):
     """Run `tune-hand search quick` once; yields (experiment dir, seconds)."""

@@ -21,6 +21,7 @@ COMPLETE with that value, i.e. the worst seen (Ray's OptunaSearch tells the last
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -37,6 +38,9 @@ DIVERGED_METRIC = 1.0e6  # mm; never a real error, always the worst in a min-mod
 
 def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str) -> None:
     """Run one trial: build its Config, resume if Ray has a checkpoint, report every epoch."""
+    # Ray logs every reported checkpoint at INFO; the driver's live table says what matters.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     parsed = parse_spec(spec, source=f"spec {spec.get('name', '')}".strip())
     cfg = trial_config(parsed, dict(config))
     trainer = Trainer(cfg, data_dir)

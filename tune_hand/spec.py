@@ -504,6 +504,27 @@ def spec_hash(spec: Spec) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def spec_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> list[str]:
+    """What changed between two `Spec.to_dict()` forms: ["space.optim.lr.high: 0.003 -> 0.01", ...]."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(d, dict) and d:
+            out: dict[str, Any] = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: d}
+
+    a, b = flat({k: v for k, v in old.items() if k != "description"}), \
+        flat({k: v for k, v in new.items() if k != "description"})
+    changes = [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(a.keys() | b.keys())
+               if a.get(k, "(none)") != b.get(k, "(none)")]
+    if not changes and list(old.get("space", {})) != list(new.get("space", {})):
+        changes = [f"space order: {list(old['space'])} -> {list(new['space'])}"]
+    if len(changes) > limit:
+        changes = changes[:limit] + [f"... {len(changes) - limit} more"]
+    return changes
+
+
 # -- the search space for Optuna -----------------------------------------------------------
 def define_by_run(trial, spec: Spec) -> dict[str, Any]:
     """Sample one trial's parameters with Optuna's `trial.suggest_*`; return the fixed values.

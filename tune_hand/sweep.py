@@ -38,7 +38,7 @@ import yaml
 from .checkpoint import FILENAME, checkpoint_config, load_checkpoint
 from .errors import ConfigError, DataError, TuneHandError
 from .io import atomic_directory, write_json
-from .spec import Spec, load_spec, parse_spec, spec_hash, with_overrides
+from .spec import Spec, load_spec, parse_spec, spec_diff, spec_hash, with_overrides
 
 SPEC_FILE = "tune_hand_spec.yaml"
 SWEEP_FILE = "tune_hand_sweep.json"
@@ -64,7 +64,11 @@ class ExperimentInfo:
 def run_search(spec: Spec | str | Path, data_dir: str | Path, storage: str | Path | None = None,
                name: str | None = None, address: str | None = None, samples: int | None = None,
                overrides: list[str] | None = None) -> ExperimentInfo:
-    """Start a sweep; blocks until every trial ended (or Ctrl-C, after which `resume` continues)."""
+    """Start a sweep; blocks until every trial ended (or Ctrl-C, after which `resume` continues).
+
+    Submitting the same sweep again (same name, spec and dataset: a requeued batch job, a
+    re-run command) resumes it; a different spec or dataset under an existing name is refused.
+    """
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     if overrides or samples is not None:
@@ -73,19 +77,25 @@ def run_search(spec: Spec | str | Path, data_dir: str | Path, storage: str | Pat
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = _storage(storage)
     exp = _join(storage, name)
-    if _is_local(exp) and Path(exp).exists() and \
-            any(p.name not in (SPEC_FILE, SWEEP_FILE) for p in Path(exp).iterdir()):
-        raise TuneHandError(f"{exp}: already exists; `tune-hand resume {exp}` continues it, "
-                            "or choose another --name")
+    if _is_local(exp) and _has_run(Path(exp)):
+        _, stored = read_experiment(exp)
+        check_unchanged(exp, stored, spec)
+        if stored.get("data_dir") != data_dir:
+            raise TuneHandError(f"{exp}: this sweep runs on {stored.get('data_dir')}, not {data_dir}; "
+                                f"if the dataset moved, `tune-hand resume {exp} --data {data_dir}`")
+        print(f"tune-hand: {exp} already holds this sweep (spec hash {stored['spec_hash']}); resuming it",
+              file=sys.stderr)
+        return resume_search(exp, address=address)
     meta = {"spec_hash": spec_hash(spec), "name": name, "spec_name": spec.name, "data_dir": data_dir,
             "metric": spec.metric, "mode": spec.mode, "max_epochs": spec.max_epochs,
-            "num_samples": spec.num_samples, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "num_samples": spec.num_samples, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "spec": spec.to_dict()}
     _write_text(_join(exp, SPEC_FILE), spec.to_yaml())
     _write_text(_join(exp, SWEEP_FILE), json.dumps(meta, indent=2) + "\n")
 
     start = time.perf_counter()
     with _ray_session(address):
-        tuner = _build_tuner(spec, data_dir, storage, name)
+        tuner = _build_tuner(spec, data_dir, storage, name, meta)
         _fit(tuner, exp, spec.num_samples)
     return _summary(exp, meta, time.perf_counter() - start)
 
@@ -97,6 +107,7 @@ def resume_search(exp_dir: str | Path, address: str | None = None, data_dir: str
 
     exp = _exp_path(exp_dir)
     spec, meta = read_experiment(exp)
+    check_unchanged(exp, meta, spec)
     data_dir = _check_data(data_dir or meta["data_dir"], remote=address is not None)
     if not tune.Tuner.can_restore(exp):
         raise TuneHandError(f"{exp}: Ray has no experiment state to restore here (did the search start?)")
@@ -105,6 +116,24 @@ def resume_search(exp_dir: str | Path, address: str | None = None, data_dir: str
         tuner = tune.Tuner.restore(exp, trainable=_trainable(spec, data_dir), resume_errored=True)
         _fit(tuner, exp, spec.num_samples)
     return _summary(exp, meta, time.perf_counter() - start)
+
+
+def check_unchanged(exp: str, meta: dict[str, Any], spec: Spec) -> None:
+    """Refuse to continue a sweep under a spec other than the one it started with: its trials,
+    Optuna's study and ASHA's rungs all belong to that spec."""
+    new_hash = spec_hash(spec)
+    if new_hash == meta.get("spec_hash"):
+        return
+    changes = spec_diff(meta["spec"], spec.to_dict()) if isinstance(meta.get("spec"), dict) else []
+    what = "; ".join(changes) or f"spec hash {meta.get('spec_hash')} -> {new_hash}"
+    raise TuneHandError(f"{exp}: the spec differs from the one this sweep started with ({what}); "
+                        f"a sweep resumes only under its own spec ({SPEC_FILE}): restore it, or start "
+                        "a new sweep with another --name")
+
+
+def _has_run(exp: Path) -> bool:
+    """Whether Ray has started in `exp` (more than our two files, written just before it)."""
+    return exp.is_dir() and any(p.name not in (SPEC_FILE, SWEEP_FILE) for p in exp.iterdir())
 
 
 def _fit(tuner, exp: str, num_samples: int) -> None:
@@ -122,24 +151,27 @@ def _fit(tuner, exp: str, num_samples: int) -> None:
                   file=sys.stderr)
 
 
-def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str):
+def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[str, Any]):
     from optuna.samplers import TPESampler
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
+    from .search_alg import AshaStateCallback, LiveTable, ResumableASHA, TrialStateOptunaSearch
     from .spec import search_space
 
-    searcher = OptunaSearch(space=search_space(spec), metric=spec.metric, mode=spec.mode,
-                            sampler=TPESampler(seed=spec.seed))
+    searcher = TrialStateOptunaSearch(space=search_space(spec), metric=spec.metric, mode=spec.mode,
+                                      sampler=TPESampler(seed=spec.seed), max_epochs=spec.max_epochs)
     if spec.max_concurrent_trials:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials)
     scheduler = None
+    callbacks: list[Any] = [LiveTable(_table_header(spec, meta, _join(storage, name)))]
     if spec.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.max_epochs,
+        scheduler = ResumableASHA(time_attr="training_iteration", max_t=spec.max_epochs,
                                   grace_period=spec.scheduler.grace_period,
                                   reduction_factor=spec.scheduler.reduction_factor)
+        # Pickled together with the scheduler in Ray's tuner.pkl, so a restored sweep's callback
+        # puts the rung records back into the restored scheduler.
+        callbacks.append(AshaStateCallback(scheduler))
     return tune.Tuner(
         _trainable(spec, data_dir),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
@@ -150,8 +182,15 @@ def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str):
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=CHECKPOINTS_TO_KEEP, checkpoint_score_attribute=spec.metric,
                 checkpoint_score_order=spec.mode),
-            verbose=1),
+            callbacks=callbacks,
+            verbose=0),  # the LiveTable callback reports progress
     )
+
+
+def _table_header(spec: Spec, meta: dict[str, Any], exp: str) -> dict[str, Any]:
+    return {"experiment": exp, "spec_name": spec.name, "spec_hash": meta["spec_hash"], "metric": spec.metric,
+            "mode": spec.mode, "max_epochs": spec.max_epochs, "num_samples": spec.num_samples,
+            "space": [p.key for p in spec.space]}
 
 
 def trial_dirname(trial) -> str:
@@ -195,8 +234,15 @@ class _ray_session:
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:
+                # Deliberately token auth (Ray's own default for a new local cluster, here without its
+                # warning): anyone who can reach this machine's Ray ports could otherwise run code.
+                # RAY_AUTH_MODE=disabled in the environment opts out (the test suite does).
+                os.environ.setdefault("RAY_AUTH_MODE", "token")
                 ray.init(num_cpus=os.cpu_count(), **kwargs)
             self.started = True
+        # ResumableASHA asks for an experiment snapshot whenever a trial ends; Ray warns about
+        # frequent snapshots, which here are deliberate.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         return self
 
     def __exit__(self, *exc):
@@ -318,13 +364,16 @@ def _results(trial_dir: Path) -> list[dict[str, Any]]:
     path = trial_dir / "result.json"
     if not path.is_file():
         return []
-    rows = []
+    by_epoch: dict[int, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:  # a torn last line of a killed trial
             continue
-    return rows
+        # A trial resumed from an older checkpoint (a driver killed between experiment snapshots)
+        # reports some epochs again; the later report is the one its checkpoints belong to.
+        by_epoch[int(row.get("epoch", row.get("training_iteration", 0)) or 0)] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _ray_trial_states(exp: Path) -> dict[str, str]:
@@ -350,15 +399,23 @@ def _trial_id_from_dir(trial_dir: Path, states: dict[str, str]) -> str:
 
 
 def _state(ray_state: str | None, rows: list[dict], trial_dir: Path, max_epochs: int) -> str:
-    if rows and rows[-1].get("diverged"):
+    if ray_state is None and (trial_dir / "error.txt").exists():
+        ray_state = "ERROR"
+    last = max(rows, key=lambda r: int(r.get("epoch", 0) or 0), default={})
+    return live_state(ray_state, last, max_epochs)
+
+
+def live_state(ray_state: str | None, last: dict[str, Any], max_epochs: int) -> str:
+    """A trial's state as status, the live table and the report show it: pending, running,
+    finished, stopped early, diverged, error. `last` is its latest reported result."""
+    if last.get("diverged"):
         return "diverged"
-    if ray_state in ("ERROR",) or (ray_state is None and (trial_dir / "error.txt").exists()):
+    if ray_state == "ERROR":
         return "error"
     if ray_state in ("PENDING", "RUNNING", "PAUSED"):
         return _STATE_NAMES[ray_state]
-    epochs = max((int(r.get("epoch", 0)) for r in rows), default=0)
-    if ray_state == "TERMINATED" or rows:
-        return "finished" if epochs >= max_epochs else "stopped early"
+    if ray_state == "TERMINATED" or last:
+        return "finished" if int(last.get("epoch", 0) or 0) >= max_epochs else "stopped early"
     return "pending"
 
 

@@ -1,9 +1,10 @@
-"""The sweep subcommands of `tune-hand`: search, resume, status, best.
+"""The sweep subcommands of `tune-hand`: search, resume, status, best, retrain.
 
     tune-hand search quick --data data/ --name q1 --storage sweeps --set model.channels=8
     tune-hand resume sweeps/q1
     tune-hand status sweeps/q1 [--json]
     tune-hand best sweeps/q1 --export best/
+    tune-hand retrain sweeps/q1 --data data/ --out final/ [--epochs E] [--tta N]
 
 Wired into the main parser by `add_commands(sub)`; each command is a thin shell over
 `tune_hand.sweep`. Ray is imported only by `search` and `resume`.
@@ -124,6 +125,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="write config.yaml, checkpoint.pt, metrics.json, provenance.json here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     p.set_defaults(func=cmd_best)
+
+    from .retrain import add_command as add_retrain
+
+    add_retrain(sub)
 
 
 def _positive_int(text: str) -> int:
