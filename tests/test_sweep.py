@@ -263,3 +263,64 @@ def test_no_ray_process_outlives_the_sweep(sweep):
     while raylet_processes() and time.time() < deadline:
         time.sleep(0.5)
     assert raylet_processes() == []
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_is_stopped_marked_and_told_to_optuna_as_pruned(tiny_data, tmp_path, capsys):
+    """optim.lr=1e10 makes every trial's loss NaN in its first epoch."""
+    import glob
+    import pickle
+
+    from tune_hand.sweep import _ray_trial_states, load_status
+
+    exp = tmp_path / "d"
+    args = ["search", "quick", "--data", str(tiny_data), "--storage", str(tmp_path), "--name", "d", "--samples", "2"]
+    for item in TINY + ["optim.epochs=3", "optim.lr=1e10"]:
+        args += ["--set", item]
+    assert main(args) == 0
+    status = load_status(exp)
+    assert [t["state"] for t in status["trials"]] == ["diverged", "diverged"]
+    assert [t["epochs"] for t in status["trials"]] == [1, 1] and status["best"] is None
+    assert set(_ray_trial_states(exp).values()) == {"TERMINATED"}  # ended, not errored, so not retried
+    for trial_dir in exp.glob("train_hand_pose_*"):
+        assert len((trial_dir / "result.json").read_text().splitlines()) == 1
+        assert not (trial_dir / "error.txt").exists()
+    # Our own experiment's searcher state, just written: TPE learns this region is bad (never RUNNING).
+    study = pickle.loads(Path(sorted(glob.glob(str(exp / "searcher-state-*.pkl")))[-1]).read_bytes())["_ot_study"]
+    assert [(t.state.name, t.user_attrs["tune_hand_state"]) for t in study.trials] == [("PRUNED", "diverged")] * 2
+    capsys.readouterr()
+    assert main(["best", str(exp), "--export", str(tmp_path / "b")]) == 2
+    assert "no trial has reported pa_mpjpe_mm" in capsys.readouterr().err
+
+
+def test_best_exports_the_best_epoch_when_the_last_one_is_worse(tiny_data, tmp_path):
+    """A trial whose metric rises after epoch 2: `best` hands back epoch 2's checkpoint, not epoch 3's."""
+    from tune_hand.checkpoint import save_checkpoint
+    from tune_hand.spec import spec_hash, trial_config
+    from tune_hand.sweep import SPEC_FILE, SWEEP_FILE, export_best, load_status
+    from tune_hand.training import Trainer
+
+    spec = quick_spec(3)
+    exp = tmp_path / "sweeps" / "b"
+    exp.mkdir(parents=True)
+    (exp / SPEC_FILE).write_text(spec.to_yaml())
+    (exp / SWEEP_FILE).write_text(json.dumps({"spec_hash": spec_hash(spec), "name": "b", "data_dir": str(tiny_data)}))
+    trainer = Trainer(trial_config(spec, PARAMS), tiny_data)
+    states = [trainer.state_dict() for _ in trainer.epochs()]  # real checkpoints of epochs 1, 2, 3
+    for trial_id, values in (("aaaa", [41.0, 30.0, 35.0]), ("bbbb", [40.0, 33.0, 31.0])):
+        trial = exp / f"train_hand_pose_{trial_id}"
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps(PARAMS))
+        rows = []
+        for epoch, state in enumerate(states, 1):
+            save_checkpoint(trial / f"checkpoint_{epoch - 1:06d}" / "checkpoint.pt", state)
+        for epoch, value in enumerate(values, 1):
+            rows.append(json.dumps({"trial_id": trial_id, "epoch": epoch, "training_iteration": epoch,
+                                    "pa_mpjpe_mm": value, "checkpoint_dir_name": f"checkpoint_{epoch - 1:06d}"}))
+        (trial / "result.json").write_text("\n".join(rows) + "\n")
+    out = export_best(exp, tmp_path / "best")
+    assert (out["trial_id"], out["epoch"], out["value"]) == ("aaaa", 2, 30.0)
+    assert (tmp_path / "best" / "checkpoint.pt").read_bytes() == \
+        (exp / "train_hand_pose_aaaa" / "checkpoint_000001" / "checkpoint.pt").read_bytes()
+    status = load_status(exp)
+    assert status["best"]["trial_id"] == "aaaa" and status["best"]["best_epoch"] == 2
