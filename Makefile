@@ -8,7 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-export RAY_AUTH_MODE ?= disabled
+# Local Ray: token authentication (tune-hand's and Ray's default) for the demo; the test suite
+# sets RAY_AUTH_MODE=disabled itself (tests/conftest.py).
 
 .PHONY: install demo test test-fast bench clean
 

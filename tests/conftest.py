@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -135,6 +136,24 @@ def raylet_processes() -> list[int]:
         if b"raylet" in cmd.split(b"\0")[0]:
             pids.append(int(pid))
     return pids
+
+
+@pytest.fixture(scope="session")
+def sweep(tiny_data, tmp_path_factory):
+    """Run `tune-hand search quick` once per session (sweep, report tests); returns (experiment dir, seconds)."""
+    if raylet_processes():
+        pytest.skip("a Ray cluster is already running on this machine; the test could not tell its own apart")
+    storage = tmp_path_factory.mktemp("sweeps")
+    args = ["search", "quick", "--data", str(tiny_data), "--storage", str(storage), "--name", "q"]
+    for item in TINY:
+        args += ["--set", item]
+    start = time.perf_counter()
+    from tune_hand.cli import main
+
+    code = main(args)
+    seconds = time.perf_counter() - start
+    assert code == 0
+    return storage / "q", seconds
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -67,10 +67,20 @@ def test_resume_without_a_run_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_quick_demo_runs_the_whole_pipeline(tmp_path):
-    proc = run_cli("demo", "--out", str(tmp_path / "demo"), "--quick")
+    """data -> sweep -> best -> retrain -> scored submission, and a second run reuses every step."""
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--out", str(out), "--quick")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
-    assert summary["pa_mpjpe_mm"] > 0 and (tmp_path / "demo" / "pred_tta10.zip").is_file()
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["trials"] == 2 and summary["states"] == {"finished": 2}
+    assert summary["rr_mpjpe_mm"] > 0 and summary["baseline_mean_hand_camera_rr_mpjpe_mm"] > 0
+    assert (out / "final" / "submission.zip").is_file() and (out / "best" / "checkpoint.pt").is_file()
+    assert json.loads((out / "final" / "metrics.json").read_text())["source"]["trial_id"] == summary["best_trial"]
+
+    again = run_cli("demo", "--out", str(out), "--quick")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "data: reusing" in again.stdout and "resuming it" in again.stderr
+    assert json.loads((out / "demo_summary.json").read_text())["best_trial"] == summary["best_trial"]
 
 
 def test_retrain_of_something_that_is_not_a_sweep_is_one_line(tmp_path, synth_data):

@@ -41,7 +41,7 @@ def add_trial(exp, trial_id, checkpoint, metric):
     (trial / "checkpoint_000000").mkdir(parents=True)
     shutil.copyfile(checkpoint, trial / "checkpoint_000000" / "checkpoint.pt")
     (trial / "params.json").write_text(json.dumps({"optim.lr": 1e-3}))
-    row = {"trial_id": trial_id, "epoch": 1, "training_iteration": 1, "pa_mpjpe_mm": metric,
+    row = {"trial_id": trial_id, "epoch": 1, "training_iteration": 1, load_spec("quick").metric: metric,
            "checkpoint_dir_name": "checkpoint_000000"}
     (trial / "result.json").write_text(json.dumps(row) + "\n")
 

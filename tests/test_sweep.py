@@ -20,6 +20,8 @@ from tune_hand.spec import load_spec, with_overrides
 
 from conftest import TINY, raylet_processes
 
+METRIC = load_spec("quick").metric  # what the quick sweep optimises (rr_mpjpe_mm)
+
 
 # -- the trainable, with Ray's session functions replaced -------------------------------------
 class FakeSession:
@@ -47,6 +49,8 @@ def run_trainable(monkeypatch, data, session, spec, params):
 
     monkeypatch.setattr(hand_pose.tune, "report", session.report)
     monkeypatch.setattr(hand_pose.tune, "get_checkpoint", session.get_checkpoint)
+    trial_dir = str(session.keep / "trial")
+    monkeypatch.setattr(hand_pose.tune, "get_context", lambda: type("Ctx", (), {"get_trial_dir": lambda self: trial_dir})())
     hand_pose.train_hand_pose(params, spec=spec.to_dict(), data_dir=str(data))
     return session.reports
 
@@ -84,7 +88,7 @@ def test_trainable_reports_a_diverged_epoch_as_the_worst_finite_value_and_stops(
     assert len(reports) == 1
     metrics, _ = reports[0]
     assert metrics["status"] == "diverged" and metrics["diverged"] is True
-    assert metrics["pa_mpjpe_mm"] == DIVERGED_METRIC
+    assert metrics[METRIC] == DIVERGED_METRIC
     json.dumps(metrics, allow_nan=False)  # no NaN/inf reaches Ray's result files
 
 
@@ -117,22 +121,6 @@ def test_search_refuses_a_bad_spec_before_starting_ray(tmp_path, tiny_data, caps
 
 
 # -- one real sweep ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def sweep(tiny_data, tmp_path_factory):
-    """Run `tune-hand search quick` once; yields (experiment dir, seconds)."""
-    if raylet_processes():
-        pytest.skip("a Ray cluster is already running on this machine; the test could not tell its own apart")
-    storage = tmp_path_factory.mktemp("sweeps")
-    args = ["search", "quick", "--data", str(tiny_data), "--storage", str(storage), "--name", "q"]
-    for item in TINY:
-        args += ["--set", item]
-    start = time.perf_counter()
-    code = main(args)
-    seconds = time.perf_counter() - start
-    assert code == 0
-    return storage / "q", seconds
-
-
 @pytest.mark.slow
 def test_sweep_finishes_with_asha_stopping_trials_early(sweep):
     exp, seconds = sweep
@@ -191,12 +179,12 @@ def test_best_exports_the_best_epoch_checkpoint_as_ray_would_choose(sweep, tmp_p
 
     # Ray's own answer, read from the same storage without a cluster: best trial over all epochs
     # (scope="all") and that trial's best checkpoint (not its latest).
-    analysis = ExperimentAnalysis(str(exp), default_metric="pa_mpjpe_mm", default_mode="min")
+    analysis = ExperimentAnalysis(str(exp), default_metric=METRIC, default_mode="min")
     trial = analysis.get_best_trial(scope="all")
     assert trial.trial_id == provenance["trial_id"]
     best_ckpt = analysis.get_best_checkpoint(trial)
     assert Path(best_ckpt.path) == (exp / provenance["checkpoint"]).parent
-    assert metrics["pa_mpjpe_mm"] == pytest.approx(min(r["pa_mpjpe_mm"] for r in
+    assert metrics[METRIC] == pytest.approx(min(r[METRIC] for r in
                                                        analysis.trial_dataframes[trial.trial_id].to_dict("records")))
     assert main(["best", str(exp), "--export", str(out)]) == 2  # never overwrites silently
 
@@ -290,7 +278,7 @@ def test_a_diverging_trial_is_stopped_marked_and_told_to_optuna_as_pruned(tiny_d
     assert [(t.state.name, t.user_attrs["tune_hand_state"]) for t in study.trials] == [("PRUNED", "diverged")] * 2
     capsys.readouterr()
     assert main(["best", str(exp), "--export", str(tmp_path / "b")]) == 2
-    assert "no trial has reported pa_mpjpe_mm" in capsys.readouterr().err
+    assert f"no trial has reported {METRIC}" in capsys.readouterr().err
 
 
 def test_best_exports_the_best_epoch_when_the_last_one_is_worse(tiny_data, tmp_path):
@@ -316,7 +304,7 @@ def test_best_exports_the_best_epoch_when_the_last_one_is_worse(tiny_data, tmp_p
             save_checkpoint(trial / f"checkpoint_{epoch - 1:06d}" / "checkpoint.pt", state)
         for epoch, value in enumerate(values, 1):
             rows.append(json.dumps({"trial_id": trial_id, "epoch": epoch, "training_iteration": epoch,
-                                    "pa_mpjpe_mm": value, "checkpoint_dir_name": f"checkpoint_{epoch - 1:06d}"}))
+                                    METRIC: value, "checkpoint_dir_name": f"checkpoint_{epoch - 1:06d}"}))
         (trial / "result.json").write_text("\n".join(rows) + "\n")
     out = export_best(exp, tmp_path / "best")
     assert (out["trial_id"], out["epoch"], out["value"]) == ("aaaa", 2, 30.0)

@@ -29,8 +29,11 @@ from typing import Any
 
 from ray import tune
 
+from tensorboardX import SummaryWriter
+
 from tune_hand.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from tune_hand.spec import parse_spec, trial_config
+from tune_hand.tb import log_images, should_log_images
 from tune_hand.training import Trainer
 
 DIVERGED_METRIC = 1.0e6  # mm; never a real error, always the worst in a min-mode search
@@ -50,7 +53,16 @@ def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str)
         with checkpoint.as_directory() as d:
             trainer.restore(load_checkpoint(Path(d) / FILENAME))
 
+    trial_dir = tune.get_context().get_trial_dir()  # None when called outside a Tuner (tests)
     for result in trainer.epochs():
+        if trial_dir and trainer.val_loader is not None and \
+                should_log_images(result.epoch, cfg.optim.epochs, cfg.train.image_every):
+            # Images only: Ray's own TensorBoard logger already writes every reported scalar. The
+            # trial's directory is synced to the experiment's storage at the report below
+            # (SyncConfig(sync_artifacts)), so the writer is closed first: tensorboardX's flush()
+            # does not drain its queue, and ASHA may stop the trial right after this epoch.
+            with SummaryWriter(trial_dir) as writer:
+                log_images(writer, trainer, result.epoch)
         metrics = result.metrics()
         metrics["diverged"] = result.status == "diverged"
         if metrics["diverged"]:

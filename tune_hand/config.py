@@ -101,6 +101,7 @@ class TrainConfig:
     channels_last: bool = True
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     log_every: int = 0  # print every N steps in the CLI progress line; 0 = per epoch only
+    image_every: int = 5  # TensorBoard prediction/heatmap images at epoch 1, every N epochs and the last; 0 = off
 
 
 @dataclass
@@ -206,6 +207,7 @@ class Config:
                "auto, cpu, cuda or cuda:N")
         _check(t.threads >= 0, "train.threads", t.threads, "non-negative")
         _check(t.log_every >= 0, "train.log_every", t.log_every, "non-negative")
+        _check(t.image_every >= 0, "train.image_every", t.image_every, "non-negative")
         return self
 
 

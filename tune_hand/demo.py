@@ -1,33 +1,44 @@
-"""`tune-hand demo`: the whole pipeline on synthetic data, sized for a 2-core laptop.
+"""`tune-hand demo`: the whole product on synthetic data, sized for a 2-core laptop.
 
-Renders a synthetic FreiHAND-layout dataset, trains the CPU-sized config (preset
-`small`) with rotation augmentation, then scores the evaluation split without and with
-10-rotation averaging beside both constant baselines. Everything lands under OUT.
+    data    render a synthetic FreiHAND-layout dataset                  OUT/data/
+    search  the shipped `quick` sweep on a local Ray (TPE + ASHA)       OUT/sweeps/quick/
+    best    export the best trial's best-epoch checkpoint               OUT/best/
+    retrain the best config on training + validation, scored on the     OUT/final/
+            evaluation split with 10-rotation averaging (submission.zip)
+    report  the sweep's HTML report                                     OUT/report/index.html
+
+Every step resumes: running the demo again after an interruption continues where it
+stopped (the sweep through `tune-hand search`'s same-spec resume, the retrain from its
+checkpoint). The final scores are printed beside both constant baselines.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from .config import load_config
-from .evaluation import evaluate_checkpoint, format_scores
+from .evaluation import format_scores
 from .io import write_json
-from .runs import BEST, print_epoch, run, start_run
 
-# (unique training samples, evaluation images, epochs): the full demo fits ~10 minutes
-# on 2 cores; --quick is a smoke test of the same path.
-FULL = dict(train=2000, eval=200, epochs=7, milestones=[6, 7])
-QUICK = dict(train=24, eval=16, epochs=2, milestones=[1, 2])
+# Unique training poses (x4 colour versions), evaluation images, sweep samples, epoch budget:
+# the full demo fits ~10 minutes on 2 cores; --quick is a smoke test of the same path.
+FULL = dict(train=1000, eval=200, samples=6, epochs=4)
+QUICK = dict(train=12, eval=8, samples=2, epochs=2)
+QUICK_SET = ["model.channels=8", "model.blocks=2", "optim.batch_size=8", "data.val_fraction=0.25"]
 
 
 def run_demo(out: Path, quick: bool = False) -> dict:
     from .data.synthetic import render_dataset
+    from .retrain import retrain
+    from .spec import load_spec
+    from .sweep import export_best, load_status, run_search
 
     size = QUICK if quick else FULL
     t0 = time.perf_counter()
+    out = out.resolve()
     data = out / "data"
     if not (data / "training_K.json").exists():
         summary = render_dataset(data, n_train=size["train"], n_eval=size["eval"], seed=0,
@@ -36,36 +47,72 @@ def run_demo(out: Path, quick: bool = False) -> dict:
              f"rendered in {summary['seconds']:.0f}s -> {data}")
     else:
         _say(f"data: reusing {data}")
-    cfg = load_config("small", [f"optim.epochs={size['epochs']}", f"optim.milestones={size['milestones']}",
-                                "data.num_workers=1"])
-    run_dir = out / "train"
-    resume = (run_dir / "checkpoint.pt").exists()
-    trainer = start_run(cfg, data, run_dir, resume=resume)
-    _say(f"train: {cfg.model.encoder} (width/depth x0.5) C={cfg.model.channels} N={cfg.model.blocks} "
-         f"{cfg.data.image_size}px, {cfg.model.target} targets, {len(trainer.train_idx)} images, "
-         f"{cfg.optim.epochs} epochs")
-    run(trainer, run_dir, on_epoch=lambda r: print_epoch(r, cfg.optim.epochs))
-    results = {}
-    for tta in (1, 10):
-        res = evaluate_checkpoint(run_dir / BEST, data, split="evaluation", tta=tta,
-                                  submission=out / f"pred_tta{tta}.zip")
-        write_json(out / f"metrics_tta{tta}.json", res)
-        results[tta] = res
+    t_data = time.perf_counter() - t0
+
+    spec = load_spec("quick")
+    _say(f"\nsearch: spec `quick` ({spec.description}), {size['samples']} trials x up to {size['epochs']} epochs, "
+         f"{spec.max_concurrent_trials} at a time, ASHA grace {spec.scheduler.grace_period} / reduction "
+         f"{spec.scheduler.reduction_factor:g}, metric {spec.metric}; searching "
+         + ", ".join(p.key for p in spec.space))
+    overrides = [f"optim.epochs={size['epochs']}"] + (QUICK_SET if quick else [])
+    t1 = time.perf_counter()
+    info = run_search(spec, data, storage=out / "sweeps", name="quick", samples=size["samples"], overrides=overrides)
+    t_search = time.perf_counter() - t1
+    exp = Path(info.path)
+    status = load_status(exp)
+    trial_epochs = sum(t["epochs"] for t in status["trials"])
+    states = ", ".join(f"{n} {s}" for s, n in sorted(info.states.items()))
+    _say(f"search: {info.trials} trials ({states}), {trial_epochs} trial-epochs of "
+         f"{size['samples'] * size['epochs']} without early stopping, {t_search:.0f}s -> {exp}")
+
+    best = export_best(exp, out / "best", overwrite=True)
+    _say(f"best: trial {best['trial_id']} {best['metric']}={best['value']:.2f} at epoch {best['epoch']}: "
+         + " ".join(f"{k}={_short(v)}" for k, v in best["params"].items() if k in status["space"])
+         + f" -> {out / 'best'}")
+
+    _say(f"\nretrain: the best config on training + validation for {size['epochs']} epochs, then the evaluation "
+         "split with 10-rotation averaging")
+    t2 = time.perf_counter()
+    final = retrain(exp, data, out / "final", progress=_say)
+    t_retrain = time.perf_counter() - t2
+    metrics = json.loads(Path(final["metrics"]).read_text())
+    scores, plain, baselines = metrics["scores"], metrics["scores_no_tta"], metrics["baselines"]
     _say("\nevaluation split (synthetic), mm:")
-    _say(format_scores(results[1]))
-    _say(format_scores({**results[10], "baselines": {}}).splitlines()[1])
+    _say(format_scores({**scores, "tta": metrics["tta"], "baselines": baselines}))
+    _say(format_scores({**plain, "tta": 1}).splitlines()[1])
+
+    from .report import build_report
+
+    report = build_report(exp, out / "report", retrain_dir=out / "final", data_dir=data, overwrite=True)
     elapsed = time.perf_counter() - t0
+    camera, shape = baselines["mean_hand_camera"], baselines["mean_hand_shape"]
     summary = {
-        "seconds": round(elapsed, 1),
-        "pa_mpjpe_mm": results[1]["pa_mpjpe_mm"], "pa_mpjpe_mm_tta10": results[10]["pa_mpjpe_mm"],
-        "rr_mpjpe_mm": results[1]["rr_mpjpe_mm"], "rr_mpjpe_mm_tta10": results[10]["rr_mpjpe_mm"],
-        "baseline_mean_hand_camera_pa_mm": results[1]["baselines"]["mean_hand_camera"]["pa_mpjpe_mm"],
-        "baseline_mean_hand_shape_pa_mm": results[1]["baselines"]["mean_hand_shape"]["pa_mpjpe_mm"],
+        "seconds": round(elapsed, 1), "seconds_data": round(t_data, 1), "seconds_search": round(t_search, 1),
+        "seconds_retrain": round(t_retrain, 1),
+        "trials": info.trials, "states": info.states, "trial_epochs": trial_epochs,
+        "trial_epochs_without_asha": size["samples"] * size["epochs"],
+        "best_trial": best["trial_id"], "best_epoch": best["epoch"], "metric": best["metric"],
+        "best_value": best["value"], "best_params": best["params"],
+        **{f"{k}": scores[k] for k in ("pa_mpjpe_mm", "rr_mpjpe_mm", "auc_0_50mm")},
+        **{f"{k}_no_tta": plain[k] for k in ("pa_mpjpe_mm", "rr_mpjpe_mm", "auc_0_50mm")},
+        **{f"baseline_mean_hand_camera_{k}": camera[k] for k in ("pa_mpjpe_mm", "rr_mpjpe_mm")},
+        **{f"baseline_mean_hand_shape_{k}": shape[k] for k in ("pa_mpjpe_mm", "rr_mpjpe_mm")},
+        "experiment": str(exp), "best": str(out / "best"), "final": str(out / "final"),
+        "submission": final["submission"], "report": report["html"],
     }
     write_json(out / "demo_summary.json", summary)
-    _say(f"\ndone in {elapsed:.0f}s: checkpoint {run_dir / BEST}, submission {out / 'pred_tta10.zip'}, "
-         f"summary {out / 'demo_summary.json'}")
+    _say(f"\nroot-relative error {scores['rr_mpjpe_mm']:.1f} mm, against {camera['rr_mpjpe_mm']:.1f} for the "
+         f"camera-frame mean hand and {shape['rr_mpjpe_mm']:.1f} for the mean hand shape; PA-MPJPE "
+         f"{scores['pa_mpjpe_mm']:.1f} mm, against {camera['pa_mpjpe_mm']:.1f} and {shape['pa_mpjpe_mm']:.1f}")
+    _say(f"done in {elapsed:.0f}s (data {t_data:.0f}s, search {t_search:.0f}s, retrain + evaluation "
+         f"{t_retrain:.0f}s)\n  sweep      {exp}  (tune-hand status {exp})\n  best trial {out / 'best'}\n"
+         f"  final      {out / 'final'}  (metrics.json, submission.zip)\n  report     {report['html']}\n"
+         f"  summary    {out / 'demo_summary.json'}")
     return summary
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _say(text: str) -> None:

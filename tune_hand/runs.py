@@ -4,7 +4,7 @@
     OUT/checkpoint.pt      the latest full-state checkpoint (resume from here)
     OUT/best.pt            the checkpoint of the best validation epoch
     OUT/metrics.jsonl      one line of metrics per epoch
-    OUT/tb/                TensorBoard scalars (tensorboardX)
+    OUT/tb/                TensorBoard scalars, prediction and heatmap images (tensorboardX)
 
 Every file is replaced atomically, so a run killed at any moment resumes from its last
 complete epoch.
@@ -13,6 +13,7 @@ complete epoch.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from .checkpoint import FILENAME, checkpoint_config, load_checkpoint, save_check
 from .config import Config, apply_overrides
 from .errors import TuneHandError
 from .io import atomic_write
+from .tb import log_images, should_log_images
 from .training import EpochResult, Trainer
 
 BEST = "best.pt"
@@ -67,8 +69,10 @@ def run(trainer: Trainer, out: str | Path, on_epoch: Callable[[EpochResult], Non
                 (out / f".{BEST}.tmp").replace(out / BEST)
             _append_jsonl(out / "metrics.jsonl", result.metrics())
             for key, value in result.metrics().items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     writer.add_scalar(_tb_name(key), value, result.epoch)
+            if should_log_images(result.epoch, trainer.cfg.optim.epochs, trainer.cfg.train.image_every):
+                log_images(writer, trainer, result.epoch)
             writer.flush()
             if on_epoch:
                 on_epoch(result)

@@ -191,8 +191,11 @@ class LiveTable(Callback):
         self._best: dict[str, tuple[float, int]] = {}
         self._last_print = 0.0
         self._last_signature: list = []
+        self._last: dict[str, dict] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        # Ray calls callbacks before it updates trial.last_result: keep the newest result here.
+        self._last[trial.trial_id] = result
         value = result.get(self.header["metric"])
         if _finite(value) and not result.get("diverged"):
             best = self._best.get(trial.trial_id)
@@ -218,7 +221,7 @@ class LiveTable(Callback):
         self._last_print = time.monotonic()
         rows = []
         for t in trials:
-            last = t.last_result or {}
+            last = self._last.get(t.trial_id) or t.last_result or {}
             best = self._best.get(t.trial_id)
             rows.append({
                 "trial_id": t.trial_id,

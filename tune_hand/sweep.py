@@ -183,6 +183,7 @@ def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[
                 num_to_keep=CHECKPOINTS_TO_KEEP, checkpoint_score_attribute=spec.metric,
                 checkpoint_score_order=spec.mode),
             callbacks=callbacks,
+            sync_config=tune.SyncConfig(sync_artifacts=True),  # each trial's TensorBoard images
             verbose=0),  # the LiveTable callback reports progress
     )
 
@@ -227,6 +228,12 @@ class _ray_session:
         self.started = False
 
     def __enter__(self):
+        if not self.address and "ray" not in sys.modules:
+            # Deliberately token auth for the local Ray we start (Ray's own default, here without its
+            # warning): anyone who can reach this machine's Ray ports could otherwise run code on it.
+            # RAY_AUTH_MODE=disabled in the environment opts out (the test suite does). Ray reads
+            # the variable when it is imported, hence before `import ray`.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         import ray
 
         if not ray.is_initialized():
@@ -234,10 +241,6 @@ class _ray_session:
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:
-                # Deliberately token auth (Ray's own default for a new local cluster, here without its
-                # warning): anyone who can reach this machine's Ray ports could otherwise run code.
-                # RAY_AUTH_MODE=disabled in the environment opts out (the test suite does).
-                os.environ.setdefault("RAY_AUTH_MODE", "token")
                 ray.init(num_cpus=os.cpu_count(), **kwargs)
             self.started = True
         # ResumableASHA asks for an experiment snapshot whenever a trial ends; Ray warns about
@@ -317,18 +320,7 @@ def export_best(exp_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
     """
     exp = Path(_exp_path(exp_dir))
     spec, meta = read_experiment(exp)
-    best = None
-    for trial_dir in _trial_dirs(exp):
-        rows = _results(trial_dir)
-        for row in rows:
-            if _scored(row, spec.metric) and row.get("checkpoint_dir_name") and \
-                    (trial_dir / row["checkpoint_dir_name"] / FILENAME).is_file():
-                if best is None or _better(row[spec.metric], best[1][spec.metric], spec.mode):
-                    best = (trial_dir, row)
-    if best is None:
-        raise TuneHandError(f"{exp}: no trial has reported {spec.metric} with a checkpoint yet")
-    trial_dir, row = best
-    source = trial_dir / row["checkpoint_dir_name"] / FILENAME
+    trial_dir, row, source = best_checkpoint(exp)
     state = load_checkpoint(source)
     cfg = checkpoint_config(state, source)
     metrics = {k: v for k, v in row.items() if k not in ("config",)}
@@ -349,6 +341,34 @@ def export_best(exp_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "provenance.json", provenance)
     return {"out": str(out_dir), **provenance}
+
+
+def best_checkpoint(exp_dir: str | Path) -> tuple[Path, dict[str, Any], Path]:
+    """(trial directory, result row, checkpoint file) of the best trial-epoch that kept a checkpoint."""
+    exp = Path(_exp_path(exp_dir))
+    spec, _ = read_experiment(exp)
+    best = None
+    for trial_dir in _trial_dirs(exp):
+        for row in _results(trial_dir):
+            if not (_scored(row, spec.metric) and row.get("checkpoint_dir_name")
+                    and (trial_dir / row["checkpoint_dir_name"] / FILENAME).is_file()):
+                continue
+            if best is None or _better(row[spec.metric], best[1][spec.metric], spec.mode):
+                best = (trial_dir, row)
+    if best is None:
+        raise TuneHandError(f"{exp}: no trial has reported {spec.metric} with a checkpoint yet")
+    return best[0], best[1], best[0] / best[1]["checkpoint_dir_name"] / FILENAME
+
+
+def trial_results(exp_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """trial_id -> its reported rows, one per epoch in epoch order (from storage; no Ray)."""
+    exp = Path(_exp_path(exp_dir))
+    out = {}
+    for trial_dir in _trial_dirs(exp):
+        rows = _results(trial_dir)
+        if rows:
+            out[rows[-1]["trial_id"]] = rows
+    return out
 
 
 # -- reading Ray's files ---------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""The sweep subcommands of `tune-hand`: search, resume, status, best, retrain.
+"""The sweep subcommands of `tune-hand`: search, resume, status, best, report, retrain.
 
     tune-hand search quick --data data/ --name q1 --storage sweeps --set model.channels=8
     tune-hand resume sweeps/q1
     tune-hand status sweeps/q1 [--json]
     tune-hand best sweeps/q1 --export best/
     tune-hand retrain sweeps/q1 --data data/ --out final/ [--epochs E] [--tta N]
+    tune-hand report sweeps/q1 --out report/ [--retrain final/]
 
 Wired into the main parser by `add_commands(sub)`; each command is a thin shell over
 `tune_hand.sweep`. Ray is imported only by `search` and `resume`.
@@ -51,6 +52,18 @@ def cmd_best(args) -> int:
     out = export_best(args.experiment, args.export, overwrite=args.overwrite)
     print(f"best trial {out['trial_id']}: {out['metric']}={out['value']:.3f} at epoch {out['epoch']} "
           f"(spec {out['spec_name']}, hash {out['spec_hash']}) -> {out['out']}", file=sys.stderr)
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    out = build_report(args.experiment, args.out, retrain_dir=args.retrain, data_dir=args.data,
+                       images=args.images, overwrite=args.overwrite)
+    for name, why in out["missing"].items():
+        print(f"tune-hand: {name}: {why}", file=sys.stderr)
+    print(f"report: {out['html']} ({len(out['figures'])} figures)", file=sys.stderr)
     print(json.dumps(out))
     return 0
 
@@ -125,6 +138,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="write config.yaml, checkpoint.pt, metrics.json, provenance.json here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("report", help="an HTML page + PNGs of a sweep (history, importances, ASHA, predictions), "
+                                      "from its storage (no Ray needed)")
+    p.add_argument("experiment")
+    p.add_argument("--out", required=True, metavar="DIR", help="write index.html and the PNGs here")
+    p.add_argument("--retrain", metavar="DIR", help="a `tune-hand retrain` output: adds the rotation-averaging gain")
+    p.add_argument("--data", help="dataset for the prediction grid (default: the sweep's)")
+    p.add_argument("--images", type=_positive_int, default=12, help="evaluation images in the prediction grid")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    p.set_defaults(func=cmd_report)
 
     from .retrain import add_command as add_retrain
 
