@@ -150,8 +150,9 @@ def test_chunk_1_and_chunk_n_agree():
     looped = predict_rotation_averaged(model, images, K, n=4, chunk=1)
     batched = predict_rotation_averaged(model, images, K, n=4, chunk=4)
     odd = predict_rotation_averaged(model, images, K, n=4, chunk=3)
-    torch.testing.assert_close(looped, batched, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(looped, odd, atol=1e-5, rtol=1e-5)
+    # Points in mm of magnitude ~100: float32 batched vs looped convolutions differ by ~1e-5 mm.
+    torch.testing.assert_close(looped, batched, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(looped, odd, atol=1e-3, rtol=1e-5)
     with torch.no_grad():
         assert not torch.allclose(looped, model(images), atol=1e-3)  # a random model is not equivariant
 

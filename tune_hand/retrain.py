@@ -36,6 +36,7 @@ from .config import Config, apply_overrides, parse_override
 from .errors import ConfigError, TuneHandError
 from .io import atomic_write, write_json
 from .sweep import SWEEP_FILE, export_best
+from .sweep_cli import positive_int
 
 EXPORT_FILES = ("config.yaml", "provenance.json")  # the exported checkpoint.pt is not needed: we train from scratch
 SCORE_KEYS = ("pa_mpjpe_mm", "rr_mpjpe_mm", "freihand_aligned_mm", "auc_0_50mm", "mpjpe_mm")
@@ -339,19 +340,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset directory (FreiHAND layout)")
     p.add_argument("--out", required=True, help="where the run, checkpoint, metrics and submission go; "
                                                 "rerunning with the same arguments resumes an interrupted retrain")
-    p.add_argument("--epochs", type=_positive_int, help="training budget (default: the trial's optim.epochs); "
+    p.add_argument("--epochs", type=positive_int, help="training budget (default: the trial's optim.epochs); "
                                                         "the LR milestones are rescaled to it")
-    p.add_argument("--tta", type=_positive_int, help="rotation-averaging angles (default: eval.tta_rotations)")
+    p.add_argument("--tta", type=positive_int, help="rotation-averaging angles (default: eval.tta_rotations)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one value of the trial's config, e.g. --set train.device=cuda:1 (repeatable)")
     p.set_defaults(func=cmd_retrain)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return value

@@ -115,7 +115,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", help="where experiments live: a directory, NFS path or bucket URI "
                                      "(default: ./sweeps)")
     p.add_argument("--address", help="a running Ray cluster (default: start a local Ray on this machine)")
-    p.add_argument("--samples", type=_positive_int, help="override the spec's num_samples")
+    p.add_argument("--samples", type=positive_int, help="override the spec's num_samples")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="pin a trial config value for every trial, e.g. --set model.channels=64 (repeatable; "
                         "a searched key stops being searched)")
@@ -145,7 +145,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="write index.html and the PNGs here")
     p.add_argument("--retrain", metavar="DIR", help="a `tune-hand retrain` output: adds the rotation-averaging gain")
     p.add_argument("--data", help="dataset for the prediction grid (default: the sweep's)")
-    p.add_argument("--images", type=_positive_int, default=12, help="evaluation images in the prediction grid")
+    p.add_argument("--images", type=positive_int, default=12, help="evaluation images in the prediction grid")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     p.set_defaults(func=cmd_report)
 
@@ -154,7 +154,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_retrain(sub)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
