@@ -125,16 +125,19 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
-def raylet_processes() -> list[int]:
-    """PIDs of raylet processes on this machine (a Ray node that is still up)."""
+def raylet_processes(session: int | None = None) -> list[int]:
+    """PIDs of raylet processes (a Ray node still up) in process session `session` (default: this
+    test run's). A local ray.init() starts its raylet as a child in the driver's session, so Ray
+    nodes of other programs on the machine are not counted."""
+    sid = os.getsid(0) if session is None else session
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
+            if b"raylet" in cmd.split(b"\0")[0] and os.getsid(int(pid)) == sid:
+                pids.append(int(pid))
+        except OSError:  # gone meanwhile
             continue
-        if b"raylet" in cmd.split(b"\0")[0]:
-            pids.append(int(pid))
     return pids
 
 
@@ -142,7 +145,7 @@ def raylet_processes() -> list[int]:
 def sweep(tiny_data, tmp_path_factory):
     """Run `tune-hand search quick` once per session (sweep, report tests); returns (experiment dir, seconds)."""
     if raylet_processes():
-        pytest.skip("a Ray cluster is already running on this machine; the test could not tell its own apart")
+        pytest.skip("a Ray node from an earlier test of this run is still up")
     storage = tmp_path_factory.mktemp("sweeps")
     args = ["search", "quick", "--data", str(tiny_data), "--storage", str(storage), "--name", "q"]
     for item in TINY:

@@ -94,9 +94,9 @@ def killed_sweep(tiny_data, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     deadline = time.time() + 20
-    while raylet_processes() and time.time() < deadline:
+    while raylet_processes(proc.pid) and time.time() < deadline:
         time.sleep(0.5)
-    assert raylet_processes() == []
+    assert raylet_processes(proc.pid) == []  # the killed session left no Ray node behind
     return exp, before, _snapshot_states(exp)
 
 

@@ -127,8 +127,10 @@ class TrialStateOptunaSearch(OptunaSearch):
         self._steps: dict[str, set[int]] = {}  # epochs reported to Optuna, per trial
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, result)
-        self._steps.setdefault(trial_id, set()).add(result.get(self._time_attr))
+        step = result.get(self._time_attr)
+        if step not in self._steps.get(trial_id, ()):  # a resumed trial may report an epoch again
+            super().on_trial_result(trial_id, result)
+            self._steps.setdefault(trial_id, set()).add(step)
         value = result.get(self.metric)
         if _finite(value) and not result.get("diverged"):
             best = self._best_values.get(trial_id)
