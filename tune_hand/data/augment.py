@@ -133,6 +133,12 @@ def _warp(image: np.ndarray, A: np.ndarray, size_out: int) -> np.ndarray:
     shrink = 1.0 / np.linalg.svd(A[:2, :2], compute_uv=False)[-1]  # worst-case input px per output px
     if shrink > _ANTIALIAS_ABOVE:
         image = cv2.GaussianBlur(image, (0, 0), sigmaX=(shrink - 1.0) / 2.0)
+    if image.ndim == 3 and image.shape[2] == 3:
+        # OpenCV's bilinear warp is ~2x faster on 4-channel uint8 than on 3 (benchmarks/bench_input.py,
+        # "4-channel warp": +30% items/s per core); the output is bit-identical.
+        rgba = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA)
+        return cv2.warpAffine(rgba, A[:2], (size_out, size_out), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))[..., :3]
     return cv2.warpAffine(image, A[:2], (size_out, size_out), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
