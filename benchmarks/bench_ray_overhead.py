@@ -25,23 +25,23 @@ import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a benchmark's own local Ray
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tune_hand.checkpoint import FILENAME, save_checkpoint  # noqa: E402
-from tune_hand.data.synthetic import render_dataset  # noqa: E402
-from tune_hand.spec import load_spec, trial_config  # noqa: E402
-from tune_hand.training import Trainer  # noqa: E402
+from tune_hand.checkpoint import FILENAME, save_checkpoint
+from tune_hand.data.synthetic import render_dataset
+from tune_hand.spec import load_spec, trial_config
+from tune_hand.training import Trainer
 
 TARGET = 0.05  # at most 5% fewer images/s inside a trial
 LR = 0.001  # the small preset's own; the one "searched" value

@@ -72,7 +72,9 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path):
     proc = run_cli("demo", "--out", str(out), "--quick")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert summary["trials"] == 2 and summary["states"] == {"finished": 2}
+    # ASHA may stop the later trial at its epoch-1 rung, depending on which reports first.
+    assert summary["trials"] == 2 and summary["states"].get("finished", 0) >= 1
+    assert set(summary["states"]) <= {"finished", "stopped early"}
     assert summary["rr_mpjpe_mm"] > 0 and summary["baseline_mean_hand_camera_rr_mpjpe_mm"] > 0
     assert (out / "final" / "submission.zip").is_file() and (out / "best" / "checkpoint.pt").is_file()
     assert json.loads((out / "final" / "metrics.json").read_text())["source"]["trial_id"] == summary["best_trial"]
