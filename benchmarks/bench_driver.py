@@ -34,6 +34,7 @@ the main thread's CPU in the controller steps that handled a result (a step hand
 the experiment snapshot it may force included), per result: the marginal cost of a result,
 without idle ticks and trial starts. Timers around the pieces (snapshots, searcher, scheduler,
 callbacks, LiveTable) say where it went. The LiveTable prints into a counting sink, not the log.
+The default (plain, tune-hand) takes about 6 minutes here, all four variants about 11.
 """
 
 from __future__ import annotations
