@@ -101,6 +101,9 @@ def test_gpu_specs_fall_back_to_cpus_on_a_cluster_without_gpus(capsys):
     assert "no GPUs" in capsys.readouterr().err
     assert trial_resources(load_spec("quick"), cluster_gpus=0) == {"cpu": 1, "gpu": 0}
     assert capsys.readouterr().err == ""
+    # A remote (autoscaling) cluster whose GPU workers have not joined yet keeps the GPU request.
+    assert trial_resources(paper, cluster_gpus=0, local=False) == {"cpu": 4, "gpu": 1}
+    assert "wait until GPU nodes join" in capsys.readouterr().err
 
 
 def test_status_of_a_missing_experiment_is_a_user_error(tmp_path, capsys):

@@ -17,7 +17,8 @@ A spec is a YAML file (shipped ones live in `search_spaces/` and are found by na
       milestones.second: {type: float, low: 0.8, high: 0.95}
     metric: pa_mpjpe_mm              # validation metric; mode min
     mode: min
-    scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_epochs: 4}
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_epochs: 4}   # or type: fifo
+    sampler: tpe                     # Optuna's TPE (default) or random (the baseline)
     num_samples: 6
     max_concurrent_trials: 2
     resources: {gpu: 1, cpu: 1}      # per trial; no GPU in the cluster -> CPUs only, with a warning
@@ -63,9 +64,10 @@ from .io import read_yaml
 MILESTONE_KEYS = ("milestones.first", "milestones.second")
 PARAM_TYPES = ("categorical", "int", "float", "loguniform")
 SCHEDULERS = ("asha", "fifo")
+SAMPLERS = ("tpe", "random")
 METRICS = ("pa_mpjpe_mm", "rr_mpjpe_mm", "mpjpe_mm", "train_loss")
-SPEC_KEYS = ("name", "description", "base", "fixed", "space", "metric", "mode", "scheduler", "num_samples",
-             "max_concurrent_trials", "resources", "seed", "max_failures")
+SPEC_KEYS = ("name", "description", "base", "fixed", "space", "metric", "mode", "scheduler", "sampler",
+             "num_samples", "max_concurrent_trials", "resources", "seed", "max_failures")
 PARAM_KEYS = ("type", "values", "low", "high", "step", "when")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_epochs")
 RESOURCE_KEYS = ("gpu", "cpu")
@@ -116,6 +118,7 @@ class Spec:
     metric: str = "pa_mpjpe_mm"
     mode: str = "min"
     scheduler: Scheduler = field(default_factory=Scheduler)
+    sampler: str = "tpe"  # Optuna's TPESampler, or RandomSampler (the baseline)
     num_samples: int = 10
     max_concurrent_trials: int | None = None
     resources: dict[str, float] = field(default_factory=lambda: {"gpu": 1, "cpu": 1})
@@ -144,6 +147,8 @@ class Spec:
             "scheduler": {"type": self.scheduler.type, "grace_period": self.scheduler.grace_period,
                           "reduction_factor": self.scheduler.reduction_factor,
                           "max_epochs": self.scheduler.max_epochs},
+            # Only when not the default, so that sweeps stored before the key existed keep their hash.
+            **({"sampler": self.sampler} if self.sampler != "tpe" else {}),
             "num_samples": self.num_samples,
             "max_concurrent_trials": self.max_concurrent_trials,
             "resources": dict(self.resources),
@@ -265,6 +270,7 @@ def parse_spec(raw: Any, source: str = "spec", default_name: str = "sweep", base
         metric=v.choice("metric", raw.get("metric", "pa_mpjpe_mm"), METRICS),
         mode=v.choice("mode", raw.get("mode", "min"), ("min", "max")),
         scheduler=scheduler,
+        sampler=v.choice("sampler", raw.get("sampler", "tpe"), SAMPLERS),
         num_samples=v.typed("num_samples", raw.get("num_samples", 10), int, minimum=1),
         max_concurrent_trials=None if concurrent is None else v.typed("max_concurrent_trials", concurrent, int,
                                                                       minimum=1),

@@ -95,7 +95,7 @@ def run_search(spec: Spec | str | Path, data_dir: str | Path, storage: str | Pat
 
     start = time.perf_counter()
     with _ray_session(address):
-        tuner = _build_tuner(spec, data_dir, storage, name, meta)
+        tuner = _build_tuner(spec, data_dir, storage, name, meta, local=address is None)
         _fit(tuner, exp, spec.num_samples)
     return _summary(exp, meta, time.perf_counter() - start)
 
@@ -113,7 +113,8 @@ def resume_search(exp_dir: str | Path, address: str | None = None, data_dir: str
         raise TuneHandError(f"{exp}: Ray has no experiment state to restore here (did the search start?)")
     start = time.perf_counter()
     with _ray_session(address):
-        tuner = tune.Tuner.restore(exp, trainable=_trainable(spec, data_dir), resume_errored=True)
+        tuner = tune.Tuner.restore(exp, trainable=_trainable(spec, data_dir, local=address is None),
+                                   resume_errored=True)
         _fit(tuner, exp, spec.num_samples)
     return _summary(exp, meta, time.perf_counter() - start)
 
@@ -151,18 +152,20 @@ def _fit(tuner, exp: str, num_samples: int) -> None:
                   file=sys.stderr)
 
 
-def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[str, Any]):
-    from optuna.samplers import TPESampler
+def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[str, Any], local: bool = True):
+    from optuna.samplers import RandomSampler, TPESampler
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     from .search_alg import AshaStateCallback, LiveTable, ResumableASHA, TrialStateOptunaSearch
     from .spec import search_space
 
+    sampler = TPESampler(seed=spec.seed) if spec.sampler == "tpe" else RandomSampler(seed=spec.seed)
     searcher = TrialStateOptunaSearch(space=search_space(spec), metric=spec.metric, mode=spec.mode,
-                                      sampler=TPESampler(seed=spec.seed), max_epochs=spec.max_epochs)
-    if spec.max_concurrent_trials:
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials)
+                                      sampler=sampler, max_epochs=spec.max_epochs)
+    # Always limited: without max_concurrent Ray lets a custom searcher keep only one trial
+    # pending, so a cluster fills one trial per scheduling round (benchmarks/bench_driver.py).
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials or _cluster_slots(spec, local))
     scheduler = None
     callbacks: list[Any] = [LiveTable(_table_header(spec, meta, _join(storage, name)))]
     if spec.scheduler.type == "asha":
@@ -173,7 +176,7 @@ def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[
         # puts the rung records back into the restored scheduler.
         callbacks.append(AshaStateCallback(scheduler))
     return tune.Tuner(
-        _trainable(spec, data_dir),
+        _trainable(spec, data_dir, local),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
                                     metric=spec.metric, mode=spec.mode, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
@@ -188,6 +191,21 @@ def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[
     )
 
 
+def _cluster_slots(spec: Spec, local: bool) -> int:
+    """How many trials the Ray cluster can run at once now, under the spec's resources (the
+    default for max_concurrent_trials)."""
+    import ray
+
+    total = ray.cluster_resources()
+    res = trial_resources(spec, total.get("GPU", 0), local=local, warn=False)
+    slots = max(1, int(min(total.get(key.upper(), 0) / res[key] for key in ("cpu", "gpu") if res[key])))
+    if not local:
+        print(f"tune-hand: max_concurrent_trials is not in the spec; running at most {slots} trials at once "
+              "(what the cluster holds now); on an autoscaling cluster set it to the GPU workers' maximum",
+              file=sys.stderr)
+    return slots
+
+
 def _table_header(spec: Spec, meta: dict[str, Any], exp: str) -> dict[str, Any]:
     return {"experiment": exp, "spec_name": spec.name, "spec_hash": meta["spec_hash"], "metric": spec.metric,
             "mode": spec.mode, "max_epochs": spec.max_epochs, "num_samples": spec.num_samples,
@@ -199,7 +217,7 @@ def trial_dirname(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
-def _trainable(spec: Spec, data_dir: str):
+def _trainable(spec: Spec, data_dir: str, local: bool = True):
     """The trainable with its spec and dataset bound, sized by the spec's resources."""
     import ray
     from ray import tune
@@ -207,16 +225,20 @@ def _trainable(spec: Spec, data_dir: str):
     from trainables.hand_pose import train_hand_pose
 
     bound = tune.with_parameters(train_hand_pose, spec=spec.to_dict(), data_dir=data_dir)
-    return tune.with_resources(bound, trial_resources(spec, ray.cluster_resources().get("GPU", 0)))
+    return tune.with_resources(bound, trial_resources(spec, ray.cluster_resources().get("GPU", 0), local=local))
 
 
-def trial_resources(spec: Spec, cluster_gpus: float) -> dict[str, float]:
-    """Per-trial resources; a cluster without GPUs runs GPU specs on CPUs, with a warning."""
+def trial_resources(spec: Spec, cluster_gpus: float, local: bool = True, warn: bool = True) -> dict[str, float]:
+    """Per-trial resources. The local Ray of a machine without GPUs runs GPU specs on CPUs, with
+    a warning; a remote cluster keeps the GPU request (an autoscaler adds GPU nodes for it)."""
     res = {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
     if res["gpu"] and not cluster_gpus:
-        print(f"tune-hand: warning: the spec asks for {res['gpu']:g} GPU per trial but the Ray cluster has no "
-              f"GPUs; running each trial on {res['cpu']:g} CPU instead", file=sys.stderr)
-        res["gpu"] = 0
+        if local:
+            res["gpu"] = 0
+        if warn:
+            print(f"tune-hand: warning: the spec asks for {spec.resources['gpu']:g} GPU per trial but the Ray "
+                  "cluster has no GPUs" + (f"; running each trial on {res['cpu']:g} CPU instead" if local else
+                                           "; trials wait until GPU nodes join (autoscaling)"), file=sys.stderr)
     return res
 
 
