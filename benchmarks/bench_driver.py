@@ -240,7 +240,7 @@ def tune_hand_tuner(args, storage: str, name: str, variant: str, stack: contextl
     spec = sweep_spec(args)
     meta = {"spec_hash": spec_hash(spec)}
     min_snapshot_s = 1e9 if variant == "tune-hand/no-1s" else 1.0
-    stack.enter_context(mock.patch.object(sweep, "_trainable", lambda spec, data_dir: trainable(args)))
+    stack.enter_context(mock.patch.object(sweep, "_trainable", lambda spec, data_dir, local=True: trainable(args)))
     stack.enter_context(mock.patch.object(search_alg, "ResumableASHA",
                                           functools.partial(search_alg.ResumableASHA, min_snapshot_s=min_snapshot_s)))
     if not args.fresh_actors:

@@ -4,7 +4,7 @@ Measures `tune_hand.training.train_step` (the loop's own step) on device-residen
 batches, so the figure is the model's cost, not the input pipeline's.
 
     python benchmarks/bench_train_step.py --config paper --batch-size 32 --json out.json
-    python benchmarks/bench_train_step.py --config small --batch-size 32
+    python benchmarks/bench_train_step.py --config small --batch-size 32 --compile
 """
 
 from __future__ import annotations
@@ -24,20 +24,26 @@ from tune_hand.model.pose_net import build_model  # noqa: E402
 from tune_hand.training import select_device, train_step  # noqa: E402
 
 
-def variants(device: torch.device) -> list[tuple[str, bool, torch.dtype | None]]:
-    out = [("fp32", False, None), ("fp32 channels_last", True, None)]
+def variants(device: torch.device, compiled: bool) -> list[tuple[str, bool, torch.dtype | None, bool]]:
+    """(label, channels_last, amp dtype, torch.compile); the compiled variant is the fastest eager one, compiled."""
+    out = [("fp32", False, None, False), ("fp32 channels_last", True, None, False)]
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        out.append((f"{str(dtype).split('.')[-1]} amp channels_last", True, dtype))
+        out.append((f"{str(dtype).split('.')[-1]} amp channels_last", True, dtype, False))
+    if compiled:
+        label, cl, amp, _ = out[-1]
+        out.append((f"{label} compiled", cl, amp, True))
     return out
 
 
-def measure(cfg, device, batch: int, channels_last: bool, amp_dtype, steps: int, warmup: int) -> float:
+def measure(cfg, device, batch: int, channels_last: bool, amp_dtype, steps: int, warmup: int,
+            compiled: bool = False) -> float:
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    step_model = torch.compile(model) if compiled else model  # as Trainer does with train.compile
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     size = cfg.data.image_size
     x = torch.randint(0, 256, (batch, 3, size, size), device=device, dtype=torch.uint8)
@@ -47,7 +53,7 @@ def measure(cfg, device, batch: int, channels_last: bool, amp_dtype, steps: int,
 
     def step():
         xi = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        return train_step(model, opt, scaler, xi.float().div_(255.0), y, amp_dtype)
+        return train_step(step_model, opt, scaler, xi.float().div_(255.0), y, amp_dtype)
 
     for _ in range(warmup):
         step()
@@ -70,6 +76,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--compile", action="store_true",
+                   help="add the fastest variant under torch.compile (warm-up steps include compiling)")
     p.add_argument("--json")
     args = p.parse_args()
     if args.threads:
@@ -78,8 +86,8 @@ def main() -> None:
     device = select_device(args.device)
     name = device_name(device)
     rows = []
-    for label, cl, amp in variants(device):
-        ips = measure(cfg, device, args.batch_size, cl, amp, args.steps, args.warmup)
+    for label, cl, amp, compiled in variants(device, args.compile):
+        ips = measure(cfg, device, args.batch_size, cl, amp, args.steps, args.warmup, compiled)
         rows.append({"variant": label, "images_per_s": round(ips, 1)})
     base = rows[0]["images_per_s"]
     print(f"training step, {args.config} ({cfg.model.encoder} C={cfg.model.channels} N={cfg.model.blocks} "

@@ -8,7 +8,7 @@ OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__)"
-timeout 150 python3 benchmarks/bench_train_step.py --config paper --batch-size 32 --steps 20 --warmup 5 \
+timeout 240 python3 benchmarks/bench_train_step.py --config paper --batch-size 32 --steps 20 --warmup 5 --compile \
     --json "$OUT/gpu_train_step_paper.json"
 timeout 90 python3 benchmarks/bench_tta.py --config paper --batch-size 32 --n 10 --repeats 5 \
     --json "$OUT/gpu_tta_paper.json"

@@ -121,3 +121,16 @@ def test_loader_workers_survive_a_render_in_the_same_process(tmp_path):
     trainer = Trainer(tiny_config("optim.epochs=1", "data.num_workers=2", "data.val_fraction=0.2"), data)
     (result,) = list(trainer.epochs())
     assert result.status == "ok" and result.epoch == 1
+
+
+def test_compile_option_wraps_the_training_model_only(synth_data):
+    # torch.compile is lazy: building the wrapper is free, compiling happens at the first step
+    # (about 2 minutes for this model on a 2-core CPU, hence no training here; the benchmark
+    # bench_train_step.py --compile runs it).
+    trainer = Trainer(tiny_config("train.compile=true"), synth_data)
+    assert isinstance(trainer.step_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert trainer.step_model._orig_mod is trainer.model
+    # Checkpoints hold the plain model's keys, loadable without compiling.
+    plain = Trainer(tiny_config(), synth_data)
+    assert trainer.state_dict()["model"].keys() == plain.state_dict()["model"].keys()
+    assert plain.step_model is plain.model

@@ -99,6 +99,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # autocast (bf16 where supported) on CUDA; ignored on CPU
     channels_last: bool = True
+    compile: bool = False  # torch.compile the training step's model (minutes of compiling first)
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     log_every: int = 0  # print every N steps in the CLI progress line; 0 = per epoch only
     image_every: int = 5  # TensorBoard prediction/heatmap images at epoch 1, every N epochs and the last; 0 = off

@@ -44,42 +44,52 @@ DIVERGED_AS = "pruned"
 # -- ASHA with rung records that survive a resume ---------------------------------------------
 class ResumableASHA(ASHAScheduler):
     """Ray's ASHAScheduler whose rung records can be read out and put back (`rungs`/`load_rungs`),
-    and which asks Ray for an experiment snapshot whenever a trial ends or checkpoints.
+    and which asks Ray for an experiment snapshot soon after a trial ends or checkpoints.
 
     Ray snapshots the experiment (trial states, searcher, callbacks) at most every 10 s; a
     driver killed in between would, on resume, rerun trials that had already ended and rerun
-    epochs whose checkpoints exist. So a stop decision or a finished trial forces a snapshot at
-    the end of the controller's step, and so does a result (each carries a checkpoint) when the
-    last forced one is `min_snapshot_s` old (a trial epoch takes minutes on a GPU, so this costs
-    nothing there; it bounds the cost for sweeps of many tiny trials).
+    epochs whose checkpoints exist. So a stop decision, a finished trial, or a result (each
+    carries a checkpoint) makes a snapshot due, and a due snapshot is forced at the end of the
+    controller's step once the last forced one is `min_snapshot_s` old: all that ended in
+    between share one snapshot. The window in which a killed driver loses an ending is thus
+    about `min_snapshot_s`, and a sweep of many short trials pays for at most one snapshot per
+    `min_snapshot_s` (benchmarks/bench_driver.py: forcing one per trial end cost 30 ms per result
+    at 256 trials). `AshaStateCallback.on_step_begin` forces a snapshot that fell due while the
+    last one was too recent.
     """
 
     def __init__(self, *args, min_snapshot_s: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.min_snapshot_s = min_snapshot_s
         self._last_forced = 0.0
+        self._due = None  # the controller whose snapshot is due; never pickled
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
-        if action == self.STOP or time.monotonic() - self._last_forced >= self.min_snapshot_s:
-            self._snapshot_after_step(tune_controller)
+        self.snapshot_due(tune_controller)
         return action
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, result)
-        self._snapshot_after_step(tune_controller)
+        self.snapshot_due(tune_controller)
 
-    def _snapshot_after_step(self, tune_controller) -> None:
+    def snapshot_due(self, tune_controller=None) -> None:
+        """Mark a snapshot due (when given the controller) and force it if the last is old enough."""
+        if tune_controller is not None:
+            self._due = tune_controller
+        if self._due is None or time.monotonic() - self._last_forced < self.min_snapshot_s:
+            return
         # Ray's own trigger (what CheckpointConfig(num_to_keep) uses): the controller saves the
         # experiment at the end of this step. The controller reaches schedulers wrapped.
-        controller = getattr(tune_controller, "_tune_controller", tune_controller)
+        controller = getattr(self._due, "_tune_controller", self._due)
         manager = getattr(controller, "_checkpoint_manager", None)
         if manager is not None and hasattr(manager, "_should_force_sync_up"):
             manager._should_force_sync_up = True
-            self._last_forced = time.monotonic()
+        self._last_forced = time.monotonic()
+        self._due = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_last_forced": 0.0}
+        return {**self.__dict__, "_last_forced": 0.0, "_due": None}
 
     def rungs(self) -> list[list[tuple[float, dict[str, float]]]]:
         """Per bracket: [(milestone, {trial_id: reward recorded at that milestone}), ...]."""
@@ -113,6 +123,9 @@ class AshaStateCallback(Callback):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.scheduler.load_rungs(state["asha_rungs"], state.get("num_stopped", 0))
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        self.scheduler.snapshot_due()  # one that fell due too soon after the last
 
 
 # -- Optuna told the truth about each trial ----------------------------------------------------
@@ -183,17 +196,21 @@ def _finite(value: Any) -> bool:
 
 # -- the live table ----------------------------------------------------------------------------
 class LiveTable(Callback):
-    """Prints the trials table (`tune-hand status`'s format) when a trial ends and at most every
-    `every` seconds while results arrive."""
+    """Progress on stderr: one line per trial that ends, and the trials table (`tune-hand
+    status`'s format) at most every `every` seconds while trials run, and at the end.
+
+    A table per trial end grew with the trials (8 MB of stderr for a 256-trial sweep in
+    benchmarks/bench_driver.py); a line per ending stays readable in a batch job's log."""
 
     def __init__(self, header: dict[str, Any], every: float = 30.0, stream=None):
         self.header = header  # experiment, spec_name, spec_hash, metric, mode, max_epochs, num_samples, space
         self.every = every
         self.stream = stream
         self._best: dict[str, tuple[float, int]] = {}
-        self._last_print = 0.0
+        self._last_print = time.monotonic()  # the first table after `every` seconds
         self._last_signature: list = []
         self._last: dict[str, dict] = {}
+        self._ended: set[str] = set()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # Ray calls callbacks before it updates trial.last_result: keep the newest result here.
@@ -204,20 +221,34 @@ class LiveTable(Callback):
             sign = 1 if self.header["mode"] == "min" else -1
             if best is None or sign * value < sign * best[0]:
                 self._best[trial.trial_id] = (float(value), int(result.get("epoch", 0)))
-        if time.monotonic() - self._last_print >= self.every:
-            self.print(trials)
+        self._maybe_print(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.print(trials)
+        self._ended_line(trials, trial, "TERMINATED")
+        self._maybe_print(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.print(trials)
+        self._ended_line(trials, trial, "ERROR")
+        self._maybe_print(trials)
 
     def on_experiment_end(self, trials, **info):
         self.print(trials)
 
+    def _maybe_print(self, trials) -> None:
+        if time.monotonic() - self._last_print >= self.every:
+            self.print(trials)
+
+    def _ended_line(self, trials, trial, ray_state: str) -> None:
+        self._ended.add(trial.trial_id)
+        last = self._last.get(trial.trial_id) or trial.last_result or {}
+        state = live_state_of(ray_state, last, self.header["max_epochs"])
+        best = self._best.get(trial.trial_id)
+        scored = f"best {self.header['metric']} {best[0]:.2f} (epoch {best[1]})" if best else "no score"
+        done = sum(t.trial_id in self._ended for t in trials)
+        print(f"tune-hand: trial {trial.trial_id} {state} after {int(last.get('epoch', 0) or 0)} epochs, {scored}; "
+              f"{done}/{self.header['num_samples']} trials ended", file=self.stream or sys.stderr, flush=True)
+
     def print(self, trials) -> None:
-        from .sweep import live_state
         from .sweep_cli import format_status
 
         self._last_print = time.monotonic()
@@ -227,7 +258,7 @@ class LiveTable(Callback):
             best = self._best.get(t.trial_id)
             rows.append({
                 "trial_id": t.trial_id,
-                "state": live_state(t.status, last, self.header["max_epochs"]),
+                "state": live_state_of(t.status, last, self.header["max_epochs"]),
                 "epochs": int(last.get("epoch", 0) or 0),
                 "best_metric": best[0] if best else None, "best_epoch": best[1] if best else None,
                 "config": dict(t.config),
@@ -241,3 +272,9 @@ class LiveTable(Callback):
         best = min(scored, key=lambda r: sign * r["best_metric"]) if scored else None
         status = {**self.header, "trials": rows, "best": best}
         print(format_status(status), file=self.stream or sys.stderr, flush=True)
+
+
+def live_state_of(ray_state: str | None, last: dict[str, Any], max_epochs: int) -> str:
+    from .sweep import live_state
+
+    return live_state(ray_state, last, max_epochs)

@@ -114,6 +114,8 @@ class Trainer:
         self.channels_last = cfg.train.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # The compiled module shares the model's parameters; checkpoints and evaluation use the plain one.
+        self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=list(cfg.optim.milestones), gamma=cfg.optim.gamma)
@@ -172,7 +174,7 @@ class Trainer:
         for step, batch in enumerate(self.train_loader):
             x = self.to_input(batch["image"])
             y = self.targets(batch["xyz_mm"])
-            loss = train_step(self.model, self.optimizer, self.scaler, x, y, self.amp_dtype)
+            loss = train_step(self.step_model, self.optimizer, self.scaler, x, y, self.amp_dtype)
             loss_sum += loss.detach() * len(x)
             seen += len(x)
             if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum).item():
