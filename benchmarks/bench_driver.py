@@ -2,7 +2,7 @@
 
     RAY_AUTH_MODE=disabled python benchmarks/bench_driver.py --json benchmarks/results/driver.json
     RAY_AUTH_MODE=disabled python benchmarks/bench_driver.py --trials 32 --iters 4 --slots 8   # quick
-    RAY_AUTH_MODE=disabled python benchmarks/bench_driver.py --variants plain,tune-hand,tune-hand/no-1s,tune-hand/coalesced
+    RAY_AUTH_MODE=disabled python benchmarks/bench_driver.py --variants plain,tune-hand,tune-hand/no-1s
 
 `--trials` trials each sleep `--interval` s then report (with a tiny checkpoint, as a real
 trial's epoch does), `--iters` times, on `--slots` fake CPUs (one per trial). Variants, each in
@@ -12,9 +12,8 @@ its own local Ray:
                      behind ConcurrencyLimiter(max_concurrent_trials=slots), ResumableASHA with
                      min_snapshot_s=1, LiveTable, AshaStateCallback, CheckpointConfig(num_to_keep=3),
                      SyncConfig(sync_artifacts)); only its trainable is swapped for the trivial one
-    tune-hand/no-1s  the same with min_snapshot_s=1e9: forced snapshots only at trial ends
-    tune-hand/coalesced  a sketch of a fix (patched here, not in the library): trial ends too
-                     force at most one snapshot per min_snapshot_s=1, deferred to a later step
+    tune-hand/no-1s  the same with min_snapshot_s=1e9: no forced snapshots, only Ray's own
+                     (10 s apart); the difference is the cost of tune-hand's 1-s ones
 Every trial reports the same metric, so ASHA records its rungs but stops no trial and every
 variant handles trials x iters results.
 
@@ -197,42 +196,6 @@ def plain_tuner(args, storage: str, name: str):
                       run_config=tune.RunConfig(storage_path=storage, name=name, verbose=0))
 
 
-def coalesce_forced_snapshots(stack: contextlib.ExitStack) -> None:
-    """A sketch of a fix, for the `tune-hand/coalesced` variant: a trial end or stop no longer
-    forces a snapshot at once but marks one due; it is forced at the first step at least
-    min_snapshot_s after the last forced one (AshaStateCallback.on_step_begin looks each step)."""
-    from tune_hand.search_alg import AshaStateCallback, ResumableASHA
-
-    force = ResumableASHA._snapshot_after_step
-    due: dict[int, object] = {}  # id(scheduler) -> controller (kept off the pickled scheduler)
-
-    def mark_due(self, tune_controller) -> None:
-        due[id(self)] = tune_controller
-        maybe_force(self)
-
-    def maybe_force(self) -> None:
-        if id(self) in due and time.monotonic() - self._last_forced >= self.min_snapshot_s:
-            force(self, due.pop(id(self)))
-
-    def on_step_begin(self, iteration, trials, **info) -> None:
-        maybe_force(self.scheduler)
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        action = super(ResumableASHA, self).on_trial_result(tune_controller, trial, result)
-        if action == self.STOP or time.monotonic() - self._last_forced >= self.min_snapshot_s:
-            mark_due(self, tune_controller)
-        return action
-
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        super(ResumableASHA, self).on_trial_complete(tune_controller, trial, result)
-        mark_due(self, tune_controller)
-
-    for owner, name, fn in ((ResumableASHA, "on_trial_result", on_trial_result),
-                            (ResumableASHA, "on_trial_complete", on_trial_complete),
-                            (AshaStateCallback, "on_step_begin", on_step_begin)):
-        stack.enter_context(mock.patch.object(owner, name, fn))
-
-
 def tune_hand_tuner(args, storage: str, name: str, variant: str, stack: contextlib.ExitStack):
     from tune_hand import search_alg, sweep
     from tune_hand.spec import spec_hash
@@ -270,8 +233,6 @@ def run_variant(variant: str, args, root: Path) -> dict:
     ray.init(num_cpus=args.slots, include_dashboard=False, log_to_driver=True)
     try:
         with contextlib.ExitStack() as stack:
-            if variant == "tune-hand/coalesced":
-                coalesce_forced_snapshots(stack)
             timers = stack.enter_context(Timers())
             install_timers(timers)  # before the tuner: tune_hand_tuner patches search_alg.ResumableASHA
             if variant == "plain":
@@ -345,7 +306,7 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between a trial's reports")
     p.add_argument("--slots", type=int, default=32, help="fake CPUs: trials running at once")
     p.add_argument("--variants", default="plain,tune-hand",
-                   help="comma-separated, of plain, tune-hand, tune-hand/no-1s, tune-hand/coalesced")
+                   help="comma-separated, of plain, tune-hand, tune-hand/no-1s")
     p.add_argument("--no-checkpoint", action="store_true", help="report without a checkpoint")
     p.add_argument("--fresh-actors", action="store_true", help="a new actor per trial, as a sweep runs")
     p.add_argument("--json")

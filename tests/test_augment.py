@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from tune_hand.config import AugmentConfig
-from tune_hand.data.augment import AugmentParams, apply, color_jitter, geometric_matrix, sample_params
-from tune_hand.geometry import backproject, project, resize_affine, rot_z
+from tune_hand.data.augment import (AugmentParams, antialias_sigma, apply, color_jitter, geometric_matrix, geometry,
+                                    sample_params)
+from tune_hand.geometry import apply_affine, backproject, project, resize_affine, rot_z
 
 SIZE = 224
 DEPTH = np.array([0.55, 0.62, 0.70])  # metres
@@ -240,3 +241,42 @@ def test_missing_ground_truth_passes_through():
 def test_non_square_image_is_refused():
     with pytest.raises(ValueError, match="square"):
         apply(np.zeros((200, SIZE, 3), np.uint8), _camera(), None, None, 64)
+
+
+# -- the fast path: closed-form geometry, planar output ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIC_CASES))
+def test_closed_form_labels_equal_project_affine_backproject(name):
+    """geometry() moves labels with one 3x3 map; it must equal projecting, applying A, backprojecting."""
+    params = GEOMETRIC_CASES[name]
+    K = _camera(offset=(11.0, -7.0), fx=390.0, fy=447.0)
+    K[0, 1] = 2.5  # a skewed camera too
+    xyz = _joints(K)
+    A, K_out, xyz_out = geometry(params, K, xyz, SIZE, 96)
+    np.testing.assert_allclose(A[:2], geometric_matrix(params, K, SIZE, 96)[:2])
+    np.testing.assert_allclose(K_out, resize_affine(SIZE, 96) @ K, atol=1e-12)
+    expected = backproject(K_out, apply_affine(A, project(K, xyz)), xyz[:, 2])
+    np.testing.assert_allclose(xyz_out, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("size_out", [SIZE, 64])
+def test_chw_output_is_the_hwc_image_transposed(size_out):
+    K = _camera()
+    image = np.random.default_rng(9).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    for params in (None, GEOMETRIC_CASES["all_jitter"], GEOMETRIC_CASES["rot_30"]):
+        hwc, _, _ = apply(image, K, None, params, size_out)
+        chw, _, _ = apply(image, K, None, params, size_out, chw=True)
+        assert chw.shape == (3, size_out, size_out) and chw.flags.c_contiguous
+        np.testing.assert_array_equal(chw, hwc.transpose(2, 0, 1))
+
+
+def test_antialias_sigma_uses_the_smallest_singular_value():
+    rng = np.random.default_rng(10)
+    for _ in range(50):
+        A = np.eye(3)
+        A[:2, :2] = rng.uniform(-0.8, 0.8, (2, 2))
+        shrink = 1.0 / np.linalg.svd(A[:2, :2], compute_uv=False)[-1]
+        expected = (shrink - 1.0) / 2.0 if shrink > 1.25 else 0.0
+        assert antialias_sigma(A) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert antialias_sigma(np.eye(3)) == 0.0

@@ -1,15 +1,18 @@
-"""HandPoseDataset items and AugmentSampler determinism (same batches with 0 or 2 DataLoader workers)."""
+"""HandPoseDataset items, AugmentSampler determinism (same batches with 0 or 2 DataLoader workers), and the
+device-side warp against the CPU path."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from tune_hand.config import AugmentConfig
-from tune_hand.data.dataset import AugmentSampler, HandPoseDataset
+from tune_hand.data.dataset import AugmentSampler, DeviceWarpLoader, HandPoseDataset, finish_on_device
 from tune_hand.data.freihand import FreiHAND, split_by_sample
+from tune_hand.errors import DataError
 from tune_hand.geometry import project, resize_affine
 
 AUGMENT = AugmentConfig(rotation_deg=180.0, flip=0.5, color_jitter=0.3, scale=0.2, translate=0.1)
@@ -122,3 +125,46 @@ def test_batches_do_not_depend_on_worker_count(reader):
     first, second = serial
     assert not torch.equal(torch.cat([b["index"] for b in first]), torch.cat([b["index"] for b in second]))
     assert not torch.equal(first[0]["xyz_mm"], second[0]["xyz_mm"])
+
+
+# -- device warp ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size,augment", [
+    (64, AugmentConfig()),  # the paper's rotation, no resize
+    (48, AUGMENT),  # every op, shrinking 64 -> 48
+    (24, AugmentConfig(flip=0.5, scale=0.2)),  # shrinks 2.7x: the anti-aliasing blur runs
+])
+def test_device_warp_batch_equals_the_cpu_batch(reader, size, augment):
+    """warp_batch reproduces OpenCV's jitter, blur and warp within OpenCV's fixed-point rounding; the
+    labels are the CPU path's, exactly."""
+    cpu = HandPoseDataset(reader, np.arange(len(reader)), size, augment)
+    dev = HandPoseDataset(reader, np.arange(len(reader)), size, augment, device_warp=True)
+    keys = [(i, 100 + i) for i in range(len(reader))] + [0, 3]
+    expected = default_collate([cpu[k] for k in keys])
+    raw = default_collate([dev[k] for k in keys])
+    assert raw["source"].shape == (len(keys), 64, 64, 3) and "image" not in raw
+    got = finish_on_device(raw, torch.device("cpu"), size)
+    assert got.keys() == expected.keys()
+    diff = (got["image"].int() - expected["image"].int()).abs()
+    assert got["image"].dtype == torch.uint8 and diff.max() <= 3 and diff.float().mean() < 0.1
+    for key in ("K", "xyz_mm", "index", "has_xyz"):
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_device_warp_loader_yields_finished_batches(reader):
+    data = HandPoseDataset(reader, np.arange(len(reader)), 32, AUGMENT, device_warp=True)
+    sampler = AugmentSampler(len(data), seed=3)
+    loader = DeviceWarpLoader(DataLoader(data, batch_size=4, sampler=sampler), "cpu", 32)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3 and loader.dataset is data
+    assert all(b["image"].shape[1:] == (3, 32, 32) and b["image"].dtype == torch.uint8 for b in batches)
+    assert not {"source", "warp", "blur", "jitter"} & batches[0].keys()
+
+
+def test_non_square_image_is_named(make_freihand, tmp_path):
+    root = make_freihand(tmp_path / "fh", n_unique=2, versions=1, n_eval=0, image_size=64)
+    cv2.imwrite(str(root / "training/rgb/00000001.jpg"), np.zeros((60, 64, 3), np.uint8))
+    data = HandPoseDataset(FreiHAND(root), np.arange(2), image_size=32)
+    with pytest.raises(DataError, match=r"00000001\.jpg: .*square image, got 64x60"):
+        data[1]

@@ -9,8 +9,13 @@ by `tune_hand.spec.trial_config`, so a trial and `tune-hand train` with the same
 the same code.
 
 Each epoch reports `EpochResult.metrics()` with a full-state checkpoint (`checkpoint.pt`:
-model, optimiser, schedule, epoch, config, coordinate ranges). A restarted trial resumes
-from `tune.get_checkpoint()`.
+model, optimiser, schedule, epoch, config, coordinate ranges), plus where it ran: `node_id`
+(the Ray node) and `cuda_visible_devices` (the GPU(s) Ray gave the trial; "" on CPU). A
+restarted trial resumes from `tune.get_checkpoint()`.
+
+The dataset is read at the same path on every node. A node that cannot see it fails the
+trial at once with the path and the node in the message (Ray retries it, up to the spec's
+max_failures, possibly elsewhere), rather than a trial that never reports.
 
 A diverged epoch (non-finite loss) reports the metric as DIVERGED_METRIC (a large finite
 sentinel, 1e6 mm) with `status="diverged"` and `diverged=True`, then the trial ends. A
@@ -23,15 +28,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from tensorboardX import SummaryWriter
 
 from tune_hand.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from tune_hand.errors import DataError
 from tune_hand.spec import parse_spec, trial_config
 from tune_hand.tb import log_images, should_log_images
 from tune_hand.training import Trainer
@@ -44,9 +53,13 @@ def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str)
     # Ray logs every reported checkpoint at INFO; the driver's live table says what matters.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    _check_data_visible(data_dir, node_id)
     parsed = parse_spec(spec, source=f"spec {spec.get('name', '')}".strip())
     cfg = trial_config(parsed, dict(config))
     trainer = Trainer(cfg, data_dir)
+    # Which node and GPU(s) ran each epoch: Ray sets CUDA_VISIBLE_DEVICES for a trial with GPUs.
+    where = {"node_id": node_id, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -65,6 +78,7 @@ def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str)
                 log_images(writer, trainer, result.epoch)
         metrics = result.metrics()
         metrics["diverged"] = result.status == "diverged"
+        metrics.update(where)
         if metrics["diverged"]:
             metrics[parsed.metric] = DIVERGED_METRIC if parsed.mode == "min" else -DIVERGED_METRIC
         # Ray's result.json must stay valid for every reader: no NaN/inf in reported values.
@@ -72,3 +86,11 @@ def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str)
         with tempfile.TemporaryDirectory(prefix="tune_hand_ckpt_") as tmp:
             save_checkpoint(Path(tmp) / FILENAME, trainer.state_dict())
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _check_data_visible(data_dir: str, node_id: str) -> None:
+    """A clear error, naming the path and the node, when this node cannot see the dataset."""
+    if not (Path(data_dir) / "training_K.json").is_file():
+        node = f"node {socket.gethostname()}" + (f" (Ray node {node_id})" if node_id else "")
+        raise DataError(f"{data_dir}: no FreiHAND dataset (training_K.json) on {node}; trials read the "
+                        "dataset at this path on every node that runs them: mount or copy it there")

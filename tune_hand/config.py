@@ -60,6 +60,11 @@ class DataConfig:
     seed: int = 0  # the train/validation split's seed
     range_margin: float = 0.1  # heatmap range = training min/max widened by this fraction of the span
     num_workers: int = 2
+    # Decoded-image cache (tune_hand/data/cache.py): "" off; "auto" node-local temp dir; else a directory.
+    cache: str = ""
+    # Augment batched on the training device (dataset.warp_batch), not per item in the loader: for GPUs only
+    # (on a CPU, torch warps ~320 images/s per core; the whole per-item OpenCV path does ~1,300).
+    device_warp: bool = False
 
 
 @dataclass

@@ -38,7 +38,16 @@ STATE_COLOURS = {"finished": "#1b7837", "stopped early": "#d95f02", "diverged": 
 
 def build_report(exp_dir: str | Path, out_dir: str | Path, retrain_dir: str | Path | None = None,
                  data_dir: str | Path | None = None, images: int = 12, overwrite: bool = False) -> dict[str, Any]:
-    """Write the report of the experiment `exp_dir` to `out_dir` (atomically); returns what it holds."""
+    """Write the report of the experiment `exp_dir` (a directory or a bucket URI) to `out_dir`
+    (atomically); returns what it holds."""
+    from .sweep import open_experiment
+
+    with open_experiment(exp_dir) as exp:  # a bucket's small files copied once for every reader below
+        return _build_report(exp, out_dir, retrain_dir, data_dir, images, overwrite)
+
+
+def _build_report(exp_dir, out_dir: str | Path, retrain_dir: str | Path | None, data_dir: str | Path | None,
+                  images: int, overwrite: bool) -> dict[str, Any]:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -35,6 +35,7 @@ from .checkpoint import FILENAME, checkpoint_config, load_checkpoint
 from .config import Config, apply_overrides, parse_override
 from .errors import ConfigError, TuneHandError
 from .io import atomic_write, write_json
+from .storage import is_remote
 from .sweep import SWEEP_FILE, export_best
 from .sweep_cli import positive_int
 
@@ -163,6 +164,8 @@ def rescale_milestones(milestones: list[int], old_epochs: int, new_epochs: int) 
 # -- the source ----------------------------------------------------------------------------
 def _export_dir(source: str | Path, out: Path) -> tuple[str, Path]:
     """("experiment" | "export", the export directory to retrain from)."""
+    if is_remote(source):  # an experiment in a bucket: its best trial is exported (one checkpoint fetched)
+        return "experiment", _export_best(str(source), out / "best")
     src = Path(source).expanduser()
     if not src.is_dir():
         raise TuneHandError(f"{src}: no such directory; expected an experiment directory (with {SWEEP_FILE}) "
@@ -176,7 +179,7 @@ def _export_dir(source: str | Path, out: Path) -> tuple[str, Path]:
     return "export", src
 
 
-def _export_best(exp: Path, best_dir: Path) -> Path:
+def _export_best(exp: str | Path, best_dir: Path) -> Path:
     """Export the experiment's best trial to `best_dir`, or reuse the export an interrupted
     retrain left there when it is still the experiment's best."""
     if not best_dir.exists():
@@ -335,7 +338,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="retrain the best trial on training + validation and score it with rotation "
                                        "averaging (metrics.json, submission.zip)")
     p.add_argument("source", metavar="EXPERIMENT_DIR_OR_EXPORT",
-                   help="an experiment directory (its best trial is exported to OUT/best) or a directory "
+                   help="an experiment directory or bucket URI (its best trial is exported to OUT/best) or a directory "
                         "written by `tune-hand best --export`")
     p.add_argument("--data", required=True, help="dataset directory (FreiHAND layout)")
     p.add_argument("--out", required=True, help="where the run, checkpoint, metrics and submission go; "

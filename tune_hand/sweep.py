@@ -12,7 +12,9 @@ Everything `resume`, `status` and `best` need lives there.
 
 On a multi-node cluster (`--address`) the dataset path must exist on every node, and the
 storage must be shared (NFS path or bucket URI): Ray writes trial results and checkpoints there.
-`status`, `best` and `resume` read a local (or NFS-mounted) experiment directory.
+Every function here takes a local directory or a bucket URI (`s3://bkt/sweeps/q1`; see
+`tune_hand.storage` for endpoints and credentials): the readers work on a temporary copy of
+the experiment's small files (`open_experiment`), and `export_best` downloads one checkpoint.
 
 This module and the cluster helpers are the only tune_hand modules that import ray, and only
 inside the functions that start or resume a sweep: `status` and `best` run without Ray.
@@ -23,10 +25,10 @@ edit our files while a sweep runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +41,7 @@ from .checkpoint import FILENAME, checkpoint_config, load_checkpoint
 from .errors import ConfigError, DataError, TuneHandError
 from .io import atomic_directory, write_json
 from .spec import Spec, load_spec, parse_spec, spec_diff, spec_hash, with_overrides
+from .storage import ExperimentDir, display, is_remote, join, list_files, normalize, open_dir, write_text
 
 SPEC_FILE = "tune_hand_spec.yaml"
 SWEEP_FILE = "tune_hand_sweep.json"
@@ -76,27 +79,27 @@ def run_search(spec: Spec | str | Path, data_dir: str | Path, storage: str | Pat
     data_dir = _check_data(data_dir, remote=address is not None)
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = _storage(storage)
-    exp = _join(storage, name)
-    if _is_local(exp) and _has_run(Path(exp)):
+    exp = join(storage, name)
+    if _has_run(exp):
         _, stored = read_experiment(exp)
         check_unchanged(exp, stored, spec)
         if stored.get("data_dir") != data_dir:
-            raise TuneHandError(f"{exp}: this sweep runs on {stored.get('data_dir')}, not {data_dir}; "
-                                f"if the dataset moved, `tune-hand resume {exp} --data {data_dir}`")
-        print(f"tune-hand: {exp} already holds this sweep (spec hash {stored['spec_hash']}); resuming it",
+            raise TuneHandError(f"{display(exp)}: this sweep runs on {stored.get('data_dir')}, not {data_dir}; "
+                                f"if the dataset moved, `tune-hand resume {display(exp)} --data {data_dir}`")
+        print(f"tune-hand: {display(exp)} already holds this sweep (spec hash {stored['spec_hash']}); resuming it",
               file=sys.stderr)
         return resume_search(exp, address=address)
     meta = {"spec_hash": spec_hash(spec), "name": name, "spec_name": spec.name, "data_dir": data_dir,
             "metric": spec.metric, "mode": spec.mode, "max_epochs": spec.max_epochs,
             "num_samples": spec.num_samples, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "spec": spec.to_dict()}
-    _write_text(_join(exp, SPEC_FILE), spec.to_yaml())
-    _write_text(_join(exp, SWEEP_FILE), json.dumps(meta, indent=2) + "\n")
+    _write_text(join(exp, SPEC_FILE), spec.to_yaml())
+    _write_text(join(exp, SWEEP_FILE), json.dumps(meta, indent=2) + "\n")
 
     start = time.perf_counter()
     with _ray_session(address):
         tuner = _build_tuner(spec, data_dir, storage, name, meta, local=address is None)
-        _fit(tuner, exp, spec.num_samples)
+        _fit(tuner, exp)
     return _summary(exp, meta, time.perf_counter() - start)
 
 
@@ -110,12 +113,12 @@ def resume_search(exp_dir: str | Path, address: str | None = None, data_dir: str
     check_unchanged(exp, meta, spec)
     data_dir = _check_data(data_dir or meta["data_dir"], remote=address is not None)
     if not tune.Tuner.can_restore(exp):
-        raise TuneHandError(f"{exp}: Ray has no experiment state to restore here (did the search start?)")
+        raise TuneHandError(f"{display(exp)}: Ray has no experiment state to restore here (did the search start?)")
     start = time.perf_counter()
     with _ray_session(address):
         tuner = tune.Tuner.restore(exp, trainable=_trainable(spec, data_dir, local=address is None),
                                    resume_errored=True)
-        _fit(tuner, exp, spec.num_samples)
+        _fit(tuner, exp)
     return _summary(exp, meta, time.perf_counter() - start)
 
 
@@ -127,29 +130,29 @@ def check_unchanged(exp: str, meta: dict[str, Any], spec: Spec) -> None:
         return
     changes = spec_diff(meta["spec"], spec.to_dict()) if isinstance(meta.get("spec"), dict) else []
     what = "; ".join(changes) or f"spec hash {meta.get('spec_hash')} -> {new_hash}"
-    raise TuneHandError(f"{exp}: the spec differs from the one this sweep started with ({what}); "
+    raise TuneHandError(f"{display(exp)}: the spec differs from the one this sweep started with ({what}); "
                         f"a sweep resumes only under its own spec ({SPEC_FILE}): restore it, or start "
                         "a new sweep with another --name")
 
 
-def _has_run(exp: Path) -> bool:
-    """Whether Ray has started in `exp` (more than our two files, written just before it)."""
-    return exp.is_dir() and any(p.name not in (SPEC_FILE, SWEEP_FILE) for p in exp.iterdir())
+def _has_run(exp: str) -> bool:
+    """Whether Ray has started in `exp` (more than our two files, written just before it). For a
+    bucket, one listing of the prefix; a missing bucket or refused access is a TuneHandError
+    here, before anything is written."""
+    if is_remote(exp):
+        return any(rel.split("/")[0] not in (SPEC_FILE, SWEEP_FILE) for rel in list_files(exp))
+    path = Path(exp)
+    return path.is_dir() and any(p.name not in (SPEC_FILE, SWEEP_FILE) for p in path.iterdir())
 
 
-def _fit(tuner, exp: str, num_samples: int) -> None:
+def _fit(tuner, exp: str) -> None:
     """Run the trials. Ray Tune handles the first Ctrl-C itself (it saves the experiment state
     and returns); a second one raises KeyboardInterrupt through here."""
     try:
         tuner.fit()
     except KeyboardInterrupt:
-        print(f"tune-hand: interrupted; continue with `tune-hand resume {exp}`", file=sys.stderr)
+        print(f"tune-hand: interrupted; continue with `tune-hand resume {display(exp)}`", file=sys.stderr)
         raise
-    if _is_local(exp):
-        states = _ray_trial_states(Path(exp))
-        if len(states) < num_samples or any(s in ("RUNNING", "PENDING", "PAUSED") for s in states.values()):
-            print(f"tune-hand: the sweep stopped before all trials ended; continue with `tune-hand resume {exp}`",
-                  file=sys.stderr)
 
 
 def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[str, Any], local: bool = True):
@@ -167,7 +170,7 @@ def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[
     # pending, so a cluster fills one trial per scheduling round (benchmarks/bench_driver.py).
     searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent_trials or _cluster_slots(spec, local))
     scheduler = None
-    callbacks: list[Any] = [LiveTable(_table_header(spec, meta, _join(storage, name)))]
+    callbacks: list[Any] = [LiveTable(_table_header(spec, meta, display(join(storage, name))))]
     if spec.scheduler.type == "asha":
         scheduler = ResumableASHA(time_attr="training_iteration", max_t=spec.max_epochs,
                                   grace_period=spec.scheduler.grace_period,
@@ -279,29 +282,66 @@ class _ray_session:
 
 
 # -- the experiment on disk ----------------------------------------------------------------
-def read_experiment(exp_dir: str | Path) -> tuple[Spec, dict[str, Any]]:
+Experiment = str | Path | ExperimentDir  # a local directory, a bucket URI, or one already opened
+
+
+def open_experiment(exp_dir: Experiment, trials: bool = True):
+    """A context manager giving the experiment as an ExperimentDir: a local experiment in
+    place; for a bucket a temporary copy of the files the readers below need, made from one
+    listing: our two files, the newest experiment_state-*.json and, with `trials`, each trial's
+    params.json, result.json and error.txt (checkpoints stay in the bucket until fetched).
+    Open one once when calling several readers: each reader given a path opens its own.
+
+        with open_experiment("s3://bkt/sweeps/q1") as exp:
+            status, results = load_status(exp), trial_results(exp)
+    """
+    if isinstance(exp_dir, ExperimentDir):
+        return contextlib.nullcontext(exp_dir)
+    return open_dir(_exp_path(exp_dir), lambda files: _files_to_read(files, trials))
+
+
+TRIAL_FILES = ("params.json", "result.json", "error.txt")  # what status, best and the report read per trial
+
+
+def _files_to_read(files, trials: bool) -> list[str]:
+    top = [f for f in files if "/" not in f]
+    # Newest by the timestamp in the name, as Ray chooses (never by mtime: see the module note).
+    states = sorted(f for f in top if f.startswith("experiment_state-") and f.endswith(".json"))
+    wanted = [SPEC_FILE, SWEEP_FILE] + states[-1:]
+    if trials:
+        wanted += [f for f in files if f.count("/") == 1 and f.rsplit("/", 1)[1] in TRIAL_FILES]
+    return wanted
+
+
+def read_experiment(exp_dir: Experiment) -> tuple[Spec, dict[str, Any]]:
     """(spec, sweep metadata) stored with an experiment by `run_search`."""
-    exp = Path(_exp_path(exp_dir))
-    spec_file, meta_file = exp / SPEC_FILE, exp / SWEEP_FILE
-    if not spec_file.is_file() or not meta_file.is_file():
-        raise TuneHandError(f"{exp}: not a tune-hand experiment (no {SPEC_FILE} / {SWEEP_FILE})")
-    try:
-        raw = yaml.safe_load(spec_file.read_text())
-        meta = json.loads(meta_file.read_text())
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise TuneHandError(f"{exp}: unreadable experiment files ({' '.join(str(e).split())[:200]})") from None
-    return parse_spec(raw, source=str(spec_file)), meta
+    with open_experiment(exp_dir, trials=False) as exp:
+        spec_file, meta_file = exp.path / SPEC_FILE, exp.path / SWEEP_FILE
+        if not spec_file.is_file() or not meta_file.is_file():
+            raise TuneHandError(f"{display(exp.uri)}: not a tune-hand experiment (no {SPEC_FILE} / {SWEEP_FILE})")
+        try:
+            raw = yaml.safe_load(spec_file.read_text())
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            raise TuneHandError(f"{display(exp.uri)}: unreadable experiment files "
+                                f"({' '.join(str(e).split())[:200]})") from None
+        return parse_spec(raw, source=join(display(exp.uri), SPEC_FILE)), meta
 
 
-def load_status(exp_dir: str | Path) -> dict[str, Any]:
+def load_status(exp_dir: Experiment) -> dict[str, Any]:
     """Every trial of an experiment and the best, from its files alone (no Ray, no cluster).
 
     A trial's state: finished (ran the whole budget), stopped early (ASHA), diverged, error,
     running, pending. `best_metric` is the trial's best reported value (diverged epochs
     excluded); `best` is the best trial-epoch of the experiment (Ray's scope="all").
     """
-    exp = Path(_exp_path(exp_dir))
-    spec, meta = read_experiment(exp)
+    with open_experiment(exp_dir) as opened:
+        return _status(opened)
+
+
+def _status(opened: ExperimentDir) -> dict[str, Any]:
+    exp = opened.path
+    spec, meta = read_experiment(opened)
     ray_states = _ray_trial_states(exp)
     trials = []
     for trial_dir in _trial_dirs(exp):
@@ -326,70 +366,82 @@ def load_status(exp_dir: str | Path) -> dict[str, Any]:
     scored = [t for t in trials if t["best_metric"] is not None]
     sign = 1 if spec.mode == "min" else -1
     best = min(scored, key=lambda t: sign * t["best_metric"]) if scored else None
-    return {"experiment": str(exp), "name": meta.get("name"), "spec_name": spec.name, "spec_hash": meta.get("spec_hash"),
-            "metric": spec.metric, "mode": spec.mode, "max_epochs": spec.max_epochs,
+    return {"experiment": display(opened.uri), "name": meta.get("name"), "spec_name": spec.name,
+            "spec_hash": meta.get("spec_hash"), "metric": spec.metric, "mode": spec.mode, "max_epochs": spec.max_epochs,
             "num_samples": spec.num_samples, "space": [p.key for p in spec.space], "trials": trials,
             "best": None if best is None else {k: best[k] for k in ("trial_id", "best_metric", "best_epoch",
                                                                      "config")}}
 
 
-def export_best(exp_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def export_best(exp_dir: Experiment, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Write the best trial's BEST-epoch checkpoint, config, metrics and provenance to `out_dir`.
 
     The best trial is the one with the best reported metric over all its epochs (Ray's
     `get_best_result(metric, mode, scope="all")`); its checkpoint is the best-scored one kept
-    (`Result.get_best_checkpoint(metric, mode)`), never the latest.
+    (`Result.get_best_checkpoint(metric, mode)`), never the latest. From a bucket, that one
+    checkpoint file is the only large object downloaded, straight into `out_dir`.
     """
-    exp = Path(_exp_path(exp_dir))
-    spec, meta = read_experiment(exp)
-    trial_dir, row, source = best_checkpoint(exp)
-    state = load_checkpoint(source)
-    cfg = checkpoint_config(state, source)
-    metrics = {k: v for k, v in row.items() if k not in ("config",)}
-    provenance = {
-        "experiment": str(exp), "trial_id": row["trial_id"], "trial_dir": trial_dir.name,
-        "epoch": int(state["epoch"]), "checkpoint": str(source.relative_to(exp)),
-        "metric": spec.metric, "mode": spec.mode, "value": row[spec.metric],
-        "spec_hash": meta.get("spec_hash"), "spec_name": spec.name, "config_digest": cfg.digest(),
-        "params": _read_json(trial_dir / "params.json") or {},
-        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if provenance["epoch"] != int(row["epoch"]):
-        raise TuneHandError(f"{source}: holds epoch {provenance['epoch']} but its result row says "
-                            f"{row['epoch']}; the experiment directory is inconsistent")
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        shutil.copyfile(source, tmp / FILENAME)
-        cfg.to_yaml(tmp / "config.yaml")
-        write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "provenance.json", provenance)
+    with open_experiment(exp_dir) as exp:
+        spec, meta = read_experiment(exp)
+        trial_dir, row, rel = _best_checkpoint(exp, spec)
+        with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+            source = exp.fetch(rel, tmp / FILENAME)
+            state = load_checkpoint(source)
+            cfg = checkpoint_config(state, source)
+            provenance = {
+                "experiment": display(exp.uri), "trial_id": row["trial_id"], "trial_dir": trial_dir.name,
+                "epoch": int(state["epoch"]), "checkpoint": rel,
+                "metric": spec.metric, "mode": spec.mode, "value": row[spec.metric],
+                "spec_hash": meta.get("spec_hash"), "spec_name": spec.name, "config_digest": cfg.digest(),
+                "params": _read_json(trial_dir / "params.json") or {},
+                "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            if provenance["epoch"] != int(row["epoch"]):
+                raise TuneHandError(f"{join(display(exp.uri), rel)}: holds epoch {provenance['epoch']} but its "
+                                    f"result row says {row['epoch']}; the experiment directory is inconsistent")
+            cfg.to_yaml(tmp / "config.yaml")
+            write_json(tmp / "metrics.json", {k: v for k, v in row.items() if k != "config"})
+            write_json(tmp / "provenance.json", provenance)
     return {"out": str(out_dir), **provenance}
 
 
-def best_checkpoint(exp_dir: str | Path) -> tuple[Path, dict[str, Any], Path]:
-    """(trial directory, result row, checkpoint file) of the best trial-epoch that kept a checkpoint."""
-    exp = Path(_exp_path(exp_dir))
-    spec, _ = read_experiment(exp)
+def best_checkpoint(exp_dir: Experiment) -> tuple[Path, dict[str, Any], Path]:
+    """(trial directory, result row, checkpoint file) of the best trial-epoch that kept a checkpoint.
+
+    For a bucket, pass an experiment opened with `open_experiment`: the checkpoint is
+    downloaded into it and lasts as long as it is open.
+    """
+    if not isinstance(exp_dir, ExperimentDir) and is_remote(str(exp_dir)):
+        raise ValueError("best_checkpoint of a bucket experiment: pass open_experiment(uri), which holds the file")
+    with open_experiment(exp_dir) as exp:
+        spec, _ = read_experiment(exp)
+        trial_dir, row, rel = _best_checkpoint(exp, spec)
+        return trial_dir, row, exp.fetch(rel)
+
+
+def _best_checkpoint(exp: ExperimentDir, spec: Spec) -> tuple[Path, dict[str, Any], str]:
+    """(local trial directory, result row, the checkpoint's path relative to the experiment)."""
     best = None
-    for trial_dir in _trial_dirs(exp):
+    for trial_dir in _trial_dirs(exp.path):
         for row in _results(trial_dir):
             if not (_scored(row, spec.metric) and row.get("checkpoint_dir_name")
-                    and (trial_dir / row["checkpoint_dir_name"] / FILENAME).is_file()):
+                    and exp.has(f"{trial_dir.name}/{row['checkpoint_dir_name']}/{FILENAME}")):
                 continue
             if best is None or _better(row[spec.metric], best[1][spec.metric], spec.mode):
                 best = (trial_dir, row)
     if best is None:
-        raise TuneHandError(f"{exp}: no trial has reported {spec.metric} with a checkpoint yet")
-    return best[0], best[1], best[0] / best[1]["checkpoint_dir_name"] / FILENAME
+        raise TuneHandError(f"{display(exp.uri)}: no trial has reported {spec.metric} with a checkpoint yet")
+    return best[0], best[1], f"{best[0].name}/{best[1]['checkpoint_dir_name']}/{FILENAME}"
 
 
-def trial_results(exp_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+def trial_results(exp_dir: Experiment) -> dict[str, list[dict[str, Any]]]:
     """trial_id -> its reported rows, one per epoch in epoch order (from storage; no Ray)."""
-    exp = Path(_exp_path(exp_dir))
     out = {}
-    for trial_dir in _trial_dirs(exp):
-        rows = _results(trial_dir)
-        if rows:
-            out[rows[-1]["trial_id"]] = rows
+    with open_experiment(exp_dir) as exp:
+        for trial_dir in _trial_dirs(exp.path):
+            rows = _results(trial_dir)
+            if rows:
+                out[rows[-1]["trial_id"]] = rows
     return out
 
 
@@ -486,35 +538,36 @@ def _read_json(path: Path) -> Any:
 
 
 def _summary(exp: str, meta: dict, seconds: float) -> ExperimentInfo:
-    if not _is_local(exp):
-        return ExperimentInfo(path=exp, name=meta["name"], spec_hash=meta["spec_hash"], trials=-1, seconds=seconds)
-    status = load_status(exp)
+    """What the sweep left in storage (local or bucket, read once), with a hint to resume
+    when Ray returned before every trial ended (a Ctrl-C, a failure)."""
+    with open_experiment(exp) as opened:
+        ray_states = _ray_trial_states(opened.path)
+        status = _status(opened)
+    if len(ray_states) < status["num_samples"] or \
+            any(s in ("RUNNING", "PENDING", "PAUSED") for s in ray_states.values()):
+        print(f"tune-hand: the sweep stopped before all trials ended; continue with `tune-hand resume "
+              f"{display(exp)}`", file=sys.stderr)
     states: dict[str, int] = {}
     for t in status["trials"]:
         states[t["state"]] = states.get(t["state"], 0) + 1
-    return ExperimentInfo(path=exp, name=meta["name"], spec_hash=meta["spec_hash"], trials=len(status["trials"]),
-                          states=states, best=status["best"], seconds=seconds)
+    return ExperimentInfo(path=display(exp), name=meta["name"], spec_hash=meta["spec_hash"],
+                          trials=len(status["trials"]), states=states, best=status["best"], seconds=seconds)
 
 
 # -- paths and storage -----------------------------------------------------------------------
-def _is_local(path: str) -> bool:
-    return "://" not in str(path) or str(path).startswith("file://")
-
-
 def _storage(storage: str | Path | None) -> str:
     storage = str(storage or DEFAULT_STORAGE)
-    return str(Path(storage).expanduser().resolve()) if _is_local(storage) else storage.rstrip("/")
-
-
-def _join(base: str, name: str) -> str:
-    return str(Path(base) / name) if _is_local(base) else f"{base}/{name}"
+    if is_remote(storage):
+        return normalize(storage)
+    return str(Path(storage.removeprefix("file://")).expanduser().resolve())
 
 
 def _exp_path(exp_dir: str | Path) -> str:
+    """A local experiment's resolved directory (which must exist), or a bucket URI normalized;
+    whether something is stored under the URI is checked when it is opened (one listing)."""
     exp = str(exp_dir)
-    if not _is_local(exp):
-        raise TuneHandError(f"{exp}: status, best and resume read a local experiment directory; "
-                            "copy it from the bucket first (e.g. `aws s3 sync`)")
+    if is_remote(exp):
+        return normalize(exp)
     path = Path(exp.removeprefix("file://")).expanduser().resolve()
     if not path.is_dir():
         raise TuneHandError(f"{path}: no such experiment directory")
@@ -522,17 +575,12 @@ def _exp_path(exp_dir: str | Path) -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-    if _is_local(path):
-        from .io import atomic_write
-
-        os.chmod(atomic_write(Path(path.removeprefix("file://")), lambda f: f.write(text), mode="w"), 0o644)
+    if is_remote(path):
+        write_text(path, text)
         return
-    import pyarrow.fs
+    from .io import atomic_write
 
-    fs, p = pyarrow.fs.FileSystem.from_uri(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(p) as f:
-        f.write(text.encode())
+    os.chmod(atomic_write(Path(path.removeprefix("file://")), lambda f: f.write(text), mode="w"), 0o644)
 
 
 def _check_data(data_dir: str | Path | None, remote: bool = False) -> str:

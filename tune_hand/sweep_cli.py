@@ -7,6 +7,9 @@
     tune-hand retrain sweeps/q1 --data data/ --out final/ [--epochs E] [--tta N]
     tune-hand report sweeps/q1 --out report/ [--retrain final/]
 
+Every EXPERIMENT may be a bucket URI as well (`tune-hand search ... --storage s3://bkt/sweeps`,
+then `tune-hand status s3://bkt/sweeps/q1`); see `tune_hand.storage` for endpoints.
+
 Wired into the main parser by `add_commands(sub)`; each command is a thin shell over
 `tune_hand.sweep`. Ray is imported only by `search` and `resume`.
 """
@@ -112,8 +115,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="sweep spec YAML or a shipped spec (paper, quick)")
     p.add_argument("--data", required=True, help="dataset directory (FreiHAND layout), readable on every node")
     p.add_argument("--name", help="experiment name (default: SPEC-date-time)")
-    p.add_argument("--storage", help="where experiments live: a directory, NFS path or bucket URI "
-                                     "(default: ./sweeps)")
+    p.add_argument("--storage", help="where experiments live: a directory, NFS path or bucket URI such as "
+                                     "s3://bucket/sweeps (default: ./sweeps)")
     p.add_argument("--address", help="a running Ray cluster (default: start a local Ray on this machine)")
     p.add_argument("--samples", type=positive_int, help="override the spec's num_samples")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -122,18 +125,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("resume", help="continue an interrupted sweep from its experiment directory")
-    p.add_argument("experiment", help="experiment directory (STORAGE/NAME)")
+    p.add_argument("experiment", help="experiment directory or bucket URI (STORAGE/NAME)")
     p.add_argument("--address", help="a running Ray cluster (default: start a local Ray)")
     p.add_argument("--data", help="dataset directory, if it moved since the search started")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="trials of a sweep and the best so far, from its storage (no Ray needed)")
-    p.add_argument("experiment")
+    p.add_argument("experiment", help="experiment directory or bucket URI (STORAGE/NAME)")
     p.add_argument("--json", action="store_true", help="print JSON: {trials: [...], best: {...}}")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("best", help="export the best trial's best-epoch checkpoint and config")
-    p.add_argument("experiment")
+    p.add_argument("experiment", help="experiment directory or bucket URI (STORAGE/NAME)")
     p.add_argument("--export", required=True, metavar="DIR",
                    help="write config.yaml, checkpoint.pt, metrics.json, provenance.json here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
@@ -141,7 +144,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="an HTML page + PNGs of a sweep (history, importances, ASHA, predictions), "
                                       "from its storage (no Ray needed)")
-    p.add_argument("experiment")
+    p.add_argument("experiment", help="experiment directory or bucket URI (STORAGE/NAME)")
     p.add_argument("--out", required=True, metavar="DIR", help="write index.html and the PNGs here")
     p.add_argument("--retrain", metavar="DIR", help="a `tune-hand retrain` output: adds the rotation-averaging gain")
     p.add_argument("--data", help="dataset for the prediction grid (default: the sweep's)")

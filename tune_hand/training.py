@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
-from .data.dataset import AugmentSampler, HandPoseDataset, make_loader
+from .data.cache import open_cache
+from .data.dataset import AugmentSampler, DeviceWarpLoader, HandPoseDataset, make_loader
 from .data.freihand import FreiHAND, coordinate_ranges, mean_root_mm, split_by_sample
 from .errors import CheckpointError, ConfigError
 from .metrics import pa_mpjpe_mm
@@ -140,12 +141,16 @@ class Trainer:
         size = cfg.data.image_size
         workers = cfg.data.num_workers
         pin = self.device.type == "cuda"
-        train_set = HandPoseDataset(self.reader, self.train_idx, size, augment=cfg.augment)
+        cache = open_cache(self.reader, cfg.data.cache)  # None when data.cache is "" or the split does not fit
+        train_set = HandPoseDataset(self.reader, self.train_idx, size, augment=cfg.augment, cache=cache,
+                                    device_warp=cfg.data.device_warp)
         self.sampler = AugmentSampler(len(train_set), seed=cfg.train.seed)
         self.train_loader = make_loader(
             train_set, cfg.optim.batch_size, workers, sampler=self.sampler, pin_memory=pin,
             drop_last=len(train_set) > cfg.optim.batch_size)  # a batch of 1 breaks BatchNorm
-        val_set = HandPoseDataset(self.reader, self.val_idx, size, augment=None)
+        if cfg.data.device_warp:  # batches come out warped, uint8 (B, 3, S, S) on self.device
+            self.train_loader = DeviceWarpLoader(self.train_loader, self.device, size)
+        val_set = HandPoseDataset(self.reader, self.val_idx, size, augment=None, cache=cache)
         self.val_loader = make_loader(val_set, cfg.eval.batch_size, workers, pin_memory=pin) if len(val_set) else None
 
     def to_input(self, images_u8: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,7 @@ class FreiHAND:
         self.root = Path(root)
         self.split = split
         self.rgb_dir = self.root / split / "rgb"
+        self._rgb_prefix = os.path.join(str(self.rgb_dir), "")  # read_image formats str paths: no Path per item
         _check_layout(self.root, split)
 
         k_path = self._file("K")
@@ -104,13 +105,13 @@ class FreiHAND:
         return self.rgb_dir / f"{self._check_index(i):08d}.jpg"
 
     def read_image(self, i: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB."""
-        path = self.image_path(i)
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        """(H, W, 3) uint8 RGB, decoded straight to RGB (no BGR -> RGB pass)."""
+        image = cv2.imread(f"{self._rgb_prefix}{self._check_index(i):08d}.jpg", cv2.IMREAD_COLOR_RGB)
         if image is None:
+            path = self.image_path(i)
             why = "unreadable (not a JPEG image, or corrupt)" if path.exists() else "missing"
             raise DataError(f"{path}: {why}")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return image
 
     def __getitem__(self, i: int) -> Sample:
         i = self._check_index(i)
