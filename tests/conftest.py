@@ -164,3 +164,17 @@ def _quiet_ray_auth():
     """Ray 2.60 turns token auth on for a local ray.init() unless told otherwise (DESIGN section 7)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     yield
+
+
+def kill_driver_session(proc) -> None:
+    """SIGKILL a sweep driver's process group (it and every Ray process it started) and wait
+    until no raylet of its session is left."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.time() + 20
+    while raylet_processes(proc.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert raylet_processes(proc.pid) == []  # the killed session left no Ray node behind

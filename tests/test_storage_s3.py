@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, raylet_processes
+from conftest import TINY, kill_driver_session
 from tune_hand.cli import main
 from tune_hand.spec import load_spec
 from tune_hand.storage import join
@@ -205,12 +205,7 @@ def test_a_bucket_sweep_killed_resumes_from_the_bucket_and_best_reads_it(s3, tin
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    deadline = time.time() + 20
-    while raylet_processes(proc.pid) and time.time() < deadline:
-        time.sleep(0.5)
-    assert raylet_processes(proc.pid) == []
+        kill_driver_session(proc)
     _remove_when_unused(ray_tmp)
     states_before, rows_before = _bucket_states(client, prefix), _bucket_rows(client, prefix)
     ended_before = {t for t, s in states_before.items() if s == "TERMINATED"}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, raylet_processes
+from conftest import TINY, kill_driver_session
 from tune_hand.cli import main
 from tune_hand.spec import load_spec
 
@@ -91,12 +91,7 @@ def killed_sweep(tiny_data, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    deadline = time.time() + 20
-    while raylet_processes(proc.pid) and time.time() < deadline:
-        time.sleep(0.5)
-    assert raylet_processes(proc.pid) == []  # the killed session left no Ray node behind
+        kill_driver_session(proc)
     return exp, before, _snapshot_states(exp)
 
 
