@@ -39,7 +39,7 @@ def test_evaluate_scores_with_baselines_and_writes_submission(trained, synth_dat
     # Scoring the written file the way the official script would reproduces evaluate's numbers.
     scored = score_file(sub, synth_data)
     for key in ("pa_mpjpe_mm", "mpjpe_mm", "freihand_aligned_mm"):
-        assert scored[key] == pytest.approx(res[key], abs=1e-3)
+        assert scored[key] == pytest.approx(res[key], abs=1e-4)  # exact floats in the file; float32 truth in the batch
 
 
 def test_rotation_averaging_changes_the_prediction(trained, synth_data):
