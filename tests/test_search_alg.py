@@ -122,3 +122,22 @@ def test_live_table_prints_a_line_per_ending_and_the_table_at_most_every_period(
         "tune-hand: trial t1 finished after 4 epochs, best rr_mpjpe_mm 65.00 (epoch 3); 2/3 trials ended"]
     table.on_experiment_end(trials)  # the final table, whatever the period
     assert "finished" in out.getvalue()[size:] and len(out.getvalue()[size:].splitlines()) > 2
+
+
+def test_a_resumed_sweeps_table_keeps_the_best_of_trials_that_ran_before(clock):
+    table, _ = live_table()
+    trials = [trial("t1"), trial("t2")]
+    table.on_trial_result(0, trials, trials[0], {"epoch": 1, "rr_mpjpe_mm": 70.0})
+    table.on_trial_result(0, trials, trials[0], {"epoch": 2, "rr_mpjpe_mm": 75.0})
+    trials[0].status = "TERMINATED"
+    table.on_trial_complete(0, trials, trials[0])
+    state = pickle.loads(pickle.dumps(table.get_state()))  # as Ray saves callback state
+    resumed, out = live_table()
+    resumed.set_state(state)
+    trials[0].last_result = {"epoch": 2, "rr_mpjpe_mm": 75.0}  # what the restored trial carries
+    resumed.on_trial_result(0, trials, trials[1], {"epoch": 1, "rr_mpjpe_mm": 72.0})
+    trials[1].status = "TERMINATED"
+    resumed.on_trial_complete(0, trials, trials[1])
+    assert out.getvalue().splitlines()[0].endswith("2/3 trials ended")  # t1's ending still counts
+    resumed.on_experiment_end(trials)
+    assert "best: t1 rr_mpjpe_mm=70.000 at epoch 1" in out.getvalue()

@@ -211,6 +211,27 @@ def test_spec_hash_is_stable_and_content_based(tmp_path):
     assert spec_hash(parse_spec(yaml.safe_load(a.to_yaml()))) == spec_hash(a)
 
 
+def test_sweeps_stored_before_newer_config_keys_keep_their_hash(tmp_path):
+    """A sweep stored by an older tune-hand lacks config keys added since; it must still resume."""
+    from tune_hand.config import ADDED_KEYS
+    from tune_hand.spec import spec_diff
+    spec = load_spec(write_spec(tmp_path, GOOD, "a.yaml"))
+    old = yaml.safe_load(spec.to_yaml())
+    for dotted in ADDED_KEYS:
+        section, key = dotted.split(".")
+        del old["base"][section][key]
+    reread = parse_spec(old)  # what resume reads: missing keys filled with their defaults
+    assert spec_hash(reread) == spec_hash(spec)
+    assert spec_diff(old, spec.to_dict()) == []
+    cached = with_overrides(spec, ["data.device_warp=true"])
+    assert spec_hash(cached) != spec_hash(spec)
+    assert spec_diff(old, cached.to_dict()) == ["fixed.data.device_warp: (none) -> True"]
+    # Each listed neutral value is the default, so a new spec that leaves the key alone matches.
+    from tune_hand.config import Config
+    defaults = Config().to_dict()
+    assert all(defaults[k.split(".")[0]][k.split(".")[1]] == v for k, v in ADDED_KEYS.items())
+
+
 def test_overrides_pin_searched_keys_and_resolve_conditions(tmp_path):
     spec = load_spec(write_spec(tmp_path, GOOD, "good.yaml"))
     pinned = with_overrides(spec, ["model.channels=8", "augment.rotation_prob=0.0", "optim.epochs=3"], samples=2)

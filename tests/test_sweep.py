@@ -268,7 +268,8 @@ def test_a_diverging_trial_is_stopped_marked_and_told_to_optuna_as_pruned(tiny_d
     args = ["search", "quick", "--data", str(tiny_data), "--storage", str(tmp_path), "--name", "d", "--samples", "2"]
     for item in TINY + ["optim.epochs=3", "optim.lr=1e10"]:
         args += ["--set", item]
-    assert main(args) == 0
+    assert main(args) == 3  # as `train`: a script running search then best stops here
+    assert "every trial diverged" in capsys.readouterr().err
     status = load_status(exp)
     assert [t["state"] for t in status["trials"]] == ["diverged", "diverged"]
     assert [t["epochs"] for t in status["trials"]] == [1, 1] and status["best"] is None
@@ -282,6 +283,22 @@ def test_a_diverging_trial_is_stopped_marked_and_told_to_optuna_as_pruned(tiny_d
     capsys.readouterr()
     assert main(["best", str(exp), "--export", str(tmp_path / "b")]) == 2
     assert f"no trial has reported {METRIC}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_every_trial_errors_exits_non_zero(tiny_data, tmp_path, capsys):
+    """ImageNet weights asked for but absent: each trial fails building its model."""
+    from tune_hand.sweep import load_status
+
+    args = ["search", "quick", "--data", str(tiny_data), "--storage", str(tmp_path), "--name", "e", "--samples", "2"]
+    for item in TINY + ["optim.epochs=2", "model.width_coefficient=null", "model.depth_coefficient=null",
+                        "model.pretrained=true", f"model.weights={tmp_path / 'absent.pth'}"]:
+        args += ["--set", item]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "no trial produced a result (2 error)" in err and "error.txt" in err
+    assert [t["state"] for t in load_status(tmp_path / "e")["trials"]] == ["error", "error"]
+    assert all("absent.pth" in p.read_text() for p in (tmp_path / "e").glob("*/error.txt"))
 
 
 def test_best_exports_the_best_epoch_when_the_last_one_is_worse(tiny_data, tmp_path):

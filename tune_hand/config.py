@@ -110,6 +110,17 @@ class TrainConfig:
     image_every: int = 5  # TensorBoard prediction/heatmap images at epoch 1, every N epochs and the last; 0 = off
 
 
+# Keys added after sweeps were first stored, each with the value that behaves as before it
+# existed. A stored sweep's spec lacks them; spec hashes leave them out at these values, so an
+# older sweep still resumes. Add every new config key here, at its neutral default.
+ADDED_KEYS: dict[str, Any] = {
+    "train.image_every": 5,
+    "train.compile": False,
+    "data.cache": "",
+    "data.device_warp": False,
+}
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -212,6 +212,16 @@ class LiveTable(Callback):
         self._last: dict[str, dict] = {}
         self._ended: set[str] = set()
 
+    # Saved with every experiment snapshot and restored by `resume` (Ray keeps callback state
+    # beside the searcher's): without it a resumed sweep's table shows no best for the trials
+    # that ran before the interruption, and counts their endings again.
+    def get_state(self) -> dict[str, Any]:
+        return {"best": dict(self._best), "ended": sorted(self._ended)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._best = {k: (float(v), int(e)) for k, (v, e) in state.get("best", {}).items()}
+        self._ended = set(state.get("ended", ()))
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # Ray calls callbacks before it updates trial.last_result: keep the newest result here.
         self._last[trial.trial_id] = result

@@ -57,7 +57,7 @@ from typing import Any
 import yaml
 
 from . import config as C
-from .config import Config
+from .config import ADDED_KEYS, Config
 from .errors import ConfigError, TuneHandError
 from .io import read_yaml
 
@@ -501,9 +501,21 @@ def with_overrides(spec: Spec, overrides: list[str] | None = None, samples: int 
 
 
 # -- hashing -------------------------------------------------------------------------------
+def _without_added_defaults(d: dict[str, Any]) -> dict[str, Any]:
+    """The `to_dict()` form with config keys newer than stored sweeps dropped where they hold
+    their neutral value (config.ADDED_KEYS): the form an older tune-hand wrote."""
+    d = {**d, "base": {sec: dict(v) if isinstance(v, dict) else v for sec, v in d.get("base", {}).items()}}
+    for dotted, neutral in ADDED_KEYS.items():
+        section, key = dotted.split(".")
+        values = d["base"].get(section)
+        if isinstance(values, dict) and key in values and values[key] == neutral:
+            del values[key]
+    return d
+
+
 def spec_hash(spec: Spec) -> str:
     """A short stable hash of everything that decides the trials (base inlined; space order kept)."""
-    d = spec.to_dict()
+    d = _without_added_defaults(spec.to_dict())
     d.pop("description")
     d["space"] = [[k, v] for k, v in d["space"].items()]  # sampling order matters; keep it
     blob = json.dumps(d, sort_keys=True, default=str).encode()
@@ -520,8 +532,7 @@ def spec_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> list[
             return out
         return {prefix[:-1]: d}
 
-    a, b = flat({k: v for k, v in old.items() if k != "description"}), \
-        flat({k: v for k, v in new.items() if k != "description"})
+    a, b = (flat({k: v for k, v in _without_added_defaults(d).items() if k != "description"}) for d in (old, new))
     changes = [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in sorted(a.keys() | b.keys())
                if a.get(k, "(none)") != b.get(k, "(none)")]
     if not changes and list(old.get("space", {})) != list(new.get("space", {})):

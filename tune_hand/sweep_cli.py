@@ -27,7 +27,7 @@ def cmd_search(args) -> int:
     info = run_search(args.spec, args.data, storage=args.storage or DEFAULT_STORAGE, name=args.name,
                       address=args.address, samples=args.samples, overrides=args.overrides)
     _print_summary(info)
-    return 0
+    return _exit_code(info)
 
 
 def cmd_resume(args) -> int:
@@ -35,7 +35,7 @@ def cmd_resume(args) -> int:
 
     info = resume_search(args.experiment, address=args.address, data_dir=args.data)
     _print_summary(info)
-    return 0
+    return _exit_code(info)
 
 
 def cmd_status(args) -> int:
@@ -69,6 +69,20 @@ def cmd_report(args) -> int:
     print(f"report: {out['html']} ({len(out['figures'])} figures)", file=sys.stderr)
     print(json.dumps(out))
     return 0
+
+
+def _exit_code(info) -> int:
+    """0 unless every trial ended without a usable result: 3 when all diverged (as `train`), 1
+    when some errored. A sweep cut short (trials still pending or running) is not a failure."""
+    if info.best is not None or not info.trials or set(info.states) - {"diverged", "error"}:
+        return 0
+    if set(info.states) == {"diverged"}:
+        print(f"tune-hand: every trial diverged (NaN/inf loss or predictions); no config to export from "
+              f"{info.path}: narrow the search space (a lower learning rate range)", file=sys.stderr)
+        return 3
+    print(f"tune-hand: no trial produced a result ({', '.join(f'{n} {s}' for s, n in sorted(info.states.items()))}); "
+          f"`tune-hand status {info.path}` shows each trial, the trials' error.txt say why", file=sys.stderr)
+    return 1
 
 
 def _print_summary(info) -> None:
