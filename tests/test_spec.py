@@ -232,6 +232,28 @@ def test_sweeps_stored_before_newer_config_keys_keep_their_hash(tmp_path):
     assert all(defaults[k.split(".")[0]][k.split(".")[1]] == v for k, v in ADDED_KEYS.items())
 
 
+# The config keys of the first stored sweeps (the spec format of 2026-11-26).
+FIRST_SWEEP_KEYS = {
+    "augment.color_jitter", "augment.color_jitter_prob", "augment.flip", "augment.rotation_deg",
+    "augment.rotation_prob", "augment.scale", "augment.scale_prob", "augment.translate",
+    "augment.translate_prob", "data.dir", "data.image_size", "data.num_workers", "data.range_margin",
+    "data.seed", "data.val_fraction", "eval.batch_size", "eval.tta_rotations", "model.blocks",
+    "model.channels", "model.depth_coefficient", "model.encoder", "model.encoder_bn_momentum",
+    "model.kernel_size", "model.normalize", "model.pretrained", "model.separable",
+    "model.separable_order", "model.split_z", "model.target", "model.weights", "model.width_coefficient",
+    "optim.batch_size", "optim.epochs", "optim.gamma", "optim.lr", "optim.milestones",
+    "optim.weight_decay", "train.amp", "train.channels_last", "train.device", "train.log_every",
+    "train.seed", "train.threads",
+}
+
+
+def test_every_config_key_added_since_the_first_sweeps_is_listed_with_its_neutral_value():
+    """A new config key missing from ADDED_KEYS would make every stored sweep refuse to resume."""
+    from tune_hand.config import ADDED_KEYS, Config
+    keys = {f"{section}.{key}" for section, values in Config().to_dict().items() for key in values}
+    assert keys - FIRST_SWEEP_KEYS == set(ADDED_KEYS)
+
+
 def test_overrides_pin_searched_keys_and_resolve_conditions(tmp_path):
     spec = load_spec(write_spec(tmp_path, GOOD, "good.yaml"))
     pinned = with_overrides(spec, ["model.channels=8", "augment.rotation_prob=0.0", "optim.epochs=3"], samples=2)

@@ -285,20 +285,33 @@ def test_a_diverging_trial_is_stopped_marked_and_told_to_optuna_as_pruned(tiny_d
     assert f"no trial has reported {METRIC}" in capsys.readouterr().err
 
 
+def test_a_local_sweep_without_the_imagenet_weights_it_asks_for_stops_before_ray(tiny_data, tmp_path, capsys):
+    args = ["search", "quick", "--data", str(tiny_data), "--storage", str(tmp_path), "--name", "w"]
+    for item in ["model.width_coefficient=null", "model.depth_coefficient=null", "model.pretrained=true",
+                 f"model.weights={tmp_path / 'absent.pth'}"]:
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "absent.pth: no such file" in err and "model.pretrained=false" in err
+    assert not (tmp_path / "w").exists()  # nothing started, nothing written
+
+
 @pytest.mark.slow
 def test_a_sweep_whose_every_trial_errors_exits_non_zero(tiny_data, tmp_path, capsys):
-    """ImageNet weights asked for but absent: each trial fails building its model."""
+    """A weights file that is not one: each trial fails building its model."""
     from tune_hand.sweep import load_status
 
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a state dict")
     args = ["search", "quick", "--data", str(tiny_data), "--storage", str(tmp_path), "--name", "e", "--samples", "2"]
     for item in TINY + ["optim.epochs=2", "model.width_coefficient=null", "model.depth_coefficient=null",
-                        "model.pretrained=true", f"model.weights={tmp_path / 'absent.pth'}"]:
+                        "model.pretrained=true", f"model.weights={bad}"]:
         args += ["--set", item]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "no trial produced a result (2 error)" in err and "error.txt" in err
     assert [t["state"] for t in load_status(tmp_path / "e")["trials"]] == ["error", "error"]
-    assert all("absent.pth" in p.read_text() for p in (tmp_path / "e").glob("*/error.txt"))
+    assert all("bad.pth: cannot read ImageNet weights" in p.read_text() for p in (tmp_path / "e").glob("*/error.txt"))
 
 
 def test_best_exports_the_best_epoch_when_the_last_one_is_worse(tiny_data, tmp_path):

@@ -77,6 +77,8 @@ def run_search(spec: Spec | str | Path, data_dir: str | Path, storage: str | Pat
     if overrides or samples is not None:
         spec = with_overrides(spec, overrides, samples)
     data_dir = _check_data(data_dir, remote=address is not None)
+    if address is None:
+        _check_weights(spec)
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = _storage(storage)
     exp = join(storage, name)
@@ -581,6 +583,28 @@ def _write_text(path: str, text: str) -> None:
     from .io import atomic_write
 
     os.chmod(atomic_write(Path(path.removeprefix("file://")), lambda f: f.write(text), mode="w"), 0o644)
+
+
+def _check_weights(spec: Spec) -> None:
+    """On a local sweep, the ImageNet weights any trial can ask for exist here: one line before
+    Ray starts instead of the same error in every trial. (On a cluster the nodes' image holds
+    them, and the driver's machine need not.)"""
+    from .model.encoder import missing_weights_message
+
+    def values(key: str) -> list[Any]:
+        param = spec.param(key)
+        if param is not None and param.values is not None:
+            return list(param.values)
+        if key in spec.fixed:
+            return [spec.fixed[key]]
+        section, field_name = key.split(".")
+        return [getattr(getattr(spec.base, section), field_name)]
+
+    for encoder in values("model.encoder"):
+        for weights in values("model.weights"):
+            problem = missing_weights_message(encoder, weights)
+            if problem and any(values("model.pretrained")):
+                raise ConfigError(f"{spec.source}: {problem}")
 
 
 def _check_data(data_dir: str | Path | None, remote: bool = False) -> str:

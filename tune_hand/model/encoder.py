@@ -119,6 +119,12 @@ def _check_matches(path: Path, name: str, state: dict, own: dict) -> None:
                                 f"{tuple(value.shape)}, expected {tuple(own[key].shape)} (another variant?)")
 
 
+def missing_weights_message(name: str, weights: str | Path | None) -> str | None:
+    """Why `load_imagenet_weights` would fail for lack of a file, or None when the file exists."""
+    path = Path(weights).expanduser() if weights else hub_weights_path(name)
+    return None if path.is_file() else _missing_message(name, path, given=bool(weights))
+
+
 def _missing_message(name: str, path: Path, given: bool) -> str:
     file = Path(url_map[name]).name
     where = (f"model.weights={path}: no such file" if given
