@@ -358,7 +358,15 @@ case $1 in
             sleep 600 & sleeper=$!
             wait "$sleeper"
         fi ;;
-    status) printf ' 0.0/%s.0 GPU\n' "$FAKE_TOTAL_GPUS" ;;
+    status)  # as Ray: only the GPUs of workers that have joined (started); like a real `ray
+        # status` it takes a moment, here up to 2 s for the workers the allocation has
+        nodes=($FAKE_NODES)
+        for _ in $(seq 40); do
+            joined=$(awk '$1 == "ray" && $5 == "start" && /--address=/' "$FAKE_LOG" | wc -l)
+            (( joined >= ${#nodes[@]} )) && break
+            sleep 0.05
+        done
+        printf ' 0.0/%s.0 GPU\n' "$(( joined * FAKE_GPUS_PER_NODE ))" ;;
 esac
 ''',
     "venv/bin/tune-hand": RECORD + r'''
@@ -387,7 +395,7 @@ class FakeSlurm:
         (tmp / "data" / "training_K.json").write_text("[]")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM", "TUNE_HAND"))}
         env.update(PATH=f"{tmp / 'bin'}:{env['PATH']}", HOME=str(tmp / "home"), FAKE_LOG=str(self.log),
-                   FAKE_NODES=" ".join(nodes), FAKE_TOTAL_GPUS=str(gpus * len(nodes)),
+                   FAKE_NODES=" ".join(nodes), FAKE_GPUS_PER_NODE=str(gpus),
                    SLURM_JOB_ID="4242", SLURM_JOB_NODELIST=f"gpu[01-{len(nodes):02d}]", SLURMD_NODENAME=nodes[0],
                    SLURM_CPUS_ON_NODE="32", SLURM_GPUS_ON_NODE=str(gpus), SLURM_SUBMIT_DIR=str(tmp),
                    TUNE_HAND_NAME="paper-1", TUNE_HAND_DATA=str(tmp / "data"),
