@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from . import config as C
 from .checkpoint import FILENAME, checkpoint_config, load_checkpoint
 from .errors import ConfigError, DataError, TuneHandError
 from .io import atomic_directory, write_json
@@ -595,15 +596,14 @@ def _check_weights(spec: Spec) -> None:
         param = spec.param(key)
         if param is not None and param.values is not None:
             return list(param.values)
-        if key in spec.fixed:
-            return [spec.fixed[key]]
-        section, field_name = key.split(".")
-        return [getattr(getattr(spec.base, section), field_name)]
+        return [spec.fixed[key] if key in spec.fixed else C.get(spec.base, key)]
 
+    if not any(values("model.pretrained")):
+        return
     for encoder in values("model.encoder"):
         for weights in values("model.weights"):
             problem = missing_weights_message(encoder, weights)
-            if problem and any(values("model.pretrained")):
+            if problem:
                 raise ConfigError(f"{spec.source}: {problem}")
 
 

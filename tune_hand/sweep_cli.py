@@ -80,13 +80,17 @@ def _exit_code(info) -> int:
         print(f"tune-hand: every trial diverged (NaN/inf loss or predictions); no config to export from "
               f"{info.path}: narrow the search space (a lower learning rate range)", file=sys.stderr)
         return 3
-    print(f"tune-hand: no trial produced a result ({', '.join(f'{n} {s}' for s, n in sorted(info.states.items()))}); "
+    print(f"tune-hand: no trial produced a result ({_states_text(info)}); "
           f"`tune-hand status {info.path}` shows each trial, the trials' error.txt say why", file=sys.stderr)
     return 1
 
 
+def _states_text(info) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(info.states.items()))
+
+
 def _print_summary(info) -> None:
-    states = ", ".join(f"{n} {s}" for s, n in sorted(info.states.items()))
+    states = _states_text(info)
     best = info.best
     line = f"sweep {info.name}: {info.trials} trials ({states}) in {info.seconds:.0f}s -> {info.path}"
     if best:
