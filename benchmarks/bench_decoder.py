@@ -28,7 +28,6 @@ uses).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
@@ -40,12 +39,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import device_name, sync  # noqa: E402
+from _common import device_name, model_bench_parser, model_bench_setup, sync  # noqa: E402
 from tune_hand.config import SEPARABLE_ORDERS, load_config  # noqa: E402
+from tune_hand.model import build_encoder  # noqa: E402
 from tune_hand.model.decoder import HeatmapDecoder  # noqa: E402
 from tune_hand.model.info import model_info  # noqa: E402
-from tune_hand.model.pose_net import PoseNet  # noqa: E402
-from tune_hand.training import select_device  # noqa: E402
 
 
 def build(cfg, order: str, in_channels: int, device, channels_last: bool) -> HeatmapDecoder:
@@ -98,29 +96,20 @@ def speedup(times: dict, kind: str, order: str, clock: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="paper")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--batch-size", type=int, default=0, help="default: 32 on CUDA, 4 on CPU")
+    p = model_bench_parser(__doc__, config="paper", batch_size=0)  # batch 0: 32 on CUDA, 4 on CPU
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (fp16 where bf16 is unsupported)")
     p.add_argument("--memory-format", choices=["channels_last", "contiguous", "both"], default="channels_last")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--json")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.overrides + ["model.pretrained=false"])
-    device = select_device(args.device)
+    cfg, device = model_bench_setup(args)
     batch = args.batch_size or (32 if device.type == "cuda" else 4)
     amp_dtype = None
     if args.amp:
         amp_dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
     size = cfg.data.image_size
     with torch.device("meta"):  # the encoder's output shape, without building its weights
-        in_channels = PoseNet(cfg.model, size).encoder.out_channels
+        in_channels = build_encoder(cfg.model, size).out_channels
     spatial = size // 32
     formats = ["channels_last", "contiguous"] if args.memory_format == "both" else [args.memory_format]
     info = {o: model_info(load_config(args.config, args.overrides + [f"model.separable_order={o}"]), size)

@@ -8,7 +8,7 @@
 trial's epoch does), `--iters` times, on `--slots` fake CPUs (one per trial). Variants, each in
 its own local Ray:
     plain            Ray's defaults: random search (BasicVariantGenerator), FIFO, no callbacks
-    tune-hand        `tune_hand.sweep._build_tuner` as a sweep builds it (TrialStateOptunaSearch
+    tune-hand        `tune_hand.sweep.driver._build_tuner` as a sweep builds it (TrialStateOptunaSearch
                      behind ConcurrencyLimiter(max_concurrent_trials=slots), ResumableASHA with
                      min_snapshot_s=1, LiveTable, AshaStateCallback, CheckpointConfig(num_to_keep=3),
                      SyncConfig(sync_artifacts)); only its trainable is swapped for the trivial one
@@ -142,7 +142,9 @@ def install_timers(t: Timers) -> None:
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.search_generator import SearchGenerator
 
-    from tune_hand.search_alg import LiveTable, ResumableASHA, TrialStateOptunaSearch
+    from tune_hand.sweep.live_table import LiveTable
+    from tune_hand.sweep.schedulers import ResumableASHA
+    from tune_hand.sweep.searcher import TrialStateOptunaSearch
 
     t.wrap_step(TuneController)
     t.wrap(TuneController, "_on_training_result", t.RESULT)
@@ -167,7 +169,7 @@ def install_timers(t: Timers) -> None:
 # -- the variants -------------------------------------------------------------------------------
 def sweep_spec(args):
     """A spec like the shipped `quick` one (its search space), sized by the flags."""
-    from tune_hand.spec import load_spec, parse_spec
+    from tune_hand.sweep import load_spec, parse_spec
 
     raw = load_spec("quick").to_dict()
     raw.update(name="bench-driver", num_samples=args.trials, max_concurrent_trials=args.slots, max_failures=0,
@@ -197,20 +199,19 @@ def plain_tuner(args, storage: str, name: str):
 
 
 def tune_hand_tuner(args, storage: str, name: str, variant: str, stack: contextlib.ExitStack):
-    from tune_hand import search_alg, sweep
-    from tune_hand.spec import spec_hash
+    from tune_hand.sweep import driver, schedulers, spec_hash
 
     spec = sweep_spec(args)
     meta = {"spec_hash": spec_hash(spec)}
     min_snapshot_s = 1e9 if variant == "tune-hand/no-1s" else 1.0
-    stack.enter_context(mock.patch.object(sweep, "_trainable", lambda spec, data_dir, local=True: trainable(args)))
-    stack.enter_context(mock.patch.object(search_alg, "ResumableASHA",
-                                          functools.partial(search_alg.ResumableASHA, min_snapshot_s=min_snapshot_s)))
+    stack.enter_context(mock.patch.object(driver, "_trainable", lambda spec, data_dir, local=True: trainable(args)))
+    stack.enter_context(mock.patch.object(schedulers, "ResumableASHA",
+                                          functools.partial(schedulers.ResumableASHA, min_snapshot_s=min_snapshot_s)))
     if not args.fresh_actors:
         from ray import tune
 
         stack.enter_context(mock.patch.object(tune, "TuneConfig", functools.partial(tune.TuneConfig, reuse_actors=True)))
-    return sweep._build_tuner(spec, "/unused", storage, name, meta)
+    return driver._build_tuner(spec, "/unused", storage, name, meta)
 
 
 class _CountingSink(io.TextIOBase):
@@ -234,7 +235,7 @@ def run_variant(variant: str, args, root: Path) -> dict:
     try:
         with contextlib.ExitStack() as stack:
             timers = stack.enter_context(Timers())
-            install_timers(timers)  # before the tuner: tune_hand_tuner patches search_alg.ResumableASHA
+            install_timers(timers)  # before the tuner: tune_hand_tuner patches schedulers.ResumableASHA
             if variant == "plain":
                 tuner = plain_tuner(args, str(root), name)
             else:

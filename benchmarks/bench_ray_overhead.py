@@ -7,10 +7,10 @@ Renders a synthetic FreiHAND (`--samples` unique hands, 4 colour versions each, 
 temporary directory, then runs the `small` preset for `--epochs` epochs, alternately:
     direct  `tune_hand.training.Trainer.epochs()` in this process, saving the full-state
             checkpoint after each epoch as the trainable does (`tune-hand train` does too)
-    ray     a one-trial sweep through `tune_hand.sweep.run_search` and the real trainable
+    ray     a one-trial sweep through `tune_hand.sweep.driver.run_search` and the real trainable
             (`trainables.hand_pose.train_hand_pose`): ResumableASHA that stops nothing within
             the budget, Optuna over a single-valued `optim.lr`, 2 CPUs for the trial
-Both build the trial's Config the same way (`tune_hand.spec.trial_config` on the same spec), with
+Both build the trial's Config the same way (`tune_hand.sweep.space.trial_config` on the same spec), with
 data.num_workers and train.threads fixed and TensorBoard images off (train.image_every=0: they are
 tune-hand's, not Ray's). Figures per epoch: images/s as the Trainer reports it (train + validation,
 no checkpoint) and the epoch's wall time with the checkpoint and the report (Ray:
@@ -44,7 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tune_hand.checkpoint import FILENAME, save_checkpoint
 from tune_hand.data.synthetic import render_dataset
-from tune_hand.spec import load_spec, trial_config
+from tune_hand.sweep import load_spec, trial_config
 from tune_hand.training import Trainer
 
 TARGET = 0.05  # at most 5% fewer images/s inside a trial

@@ -12,7 +12,7 @@ which took 38 min; ~3.5 for seeds 1 and 2, 15-16 min each); on a quiet machine e
 ~40 with --asha-trials 22 (see below). A GPU cluster scales it with --poses, --render-size,
 --epochs, --random-trials, --concurrent, --gpu and `--set model.channels=...`-style values.
 
-Real sweeps, not a simulation: `tune_hand.sweep.run_search` on a local Ray, one synthetic
+Real sweeps, not a simulation: `tune_hand.sweep.driver.run_search` on a local Ray, one synthetic
 dataset rendered once (`render_dataset`, 240 poses x 4 colour versions at 64 px, 5 s; or
 `--data DIR`), the shipped `quick` spec's space and model (the `small` preset: b0 at half width
 and depth, 64 px, random init; decoder channels 16/32 searched), batch 16 (more steps per
@@ -84,7 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from tune_hand.config import parse_override
-from tune_hand.spec import Spec, load_spec, parse_spec
+from tune_hand.sweep import Spec, load_spec, parse_spec
 from tune_hand.sweep import load_status, run_search, trial_results
 
 METHODS = {  # name -> (sampler, scheduler)

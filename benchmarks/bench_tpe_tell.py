@@ -28,7 +28,7 @@ Policies (stopped = ASHA stopped it early, diverged = NaN loss, sentinel 1e6 rep
     best/fail       stopped -> COMPLETE(best value)  diverged -> FAIL
     best/pruned     stopped -> COMPLETE(best)        diverged -> PRUNED
     pruned/fail     stopped -> PRUNED                diverged -> FAIL
-    pruned/pruned   stopped -> PRUNED                diverged -> PRUNED   (tune_hand.search_alg)
+    pruned/pruned   stopped -> PRUNED                diverged -> PRUNED   (tune_hand.sweep.searcher)
     random          RandomSampler, same ASHA: the floor that any policy should beat
 A trial that ran the full budget is told COMPLETE with its last value under ray-default and
 last/*, with its best value otherwise (as `TrialStateOptunaSearch` does).
@@ -106,7 +106,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-DIVERGED_METRIC = 1.0e6  # mm, trainables/hand_pose.py's sentinel
+DIVERGED_METRIC = 1.0e6  # mm, tune_hand.objective.DIVERGED_VALUE
 CHANNELS = (64, 96, 128, 192, 256)
 CAPACITY_MM = {64: 3.0, 96: 1.5, 128: 0.6, 192: 0.0, 256: 0.1}
 BLOCKS_MM = {3: 0.8, 4: 0.0, 5: 0.3}
@@ -114,7 +114,7 @@ BLOCKS_MM = {3: 0.8, 4: 0.0, 5: 0.3}
 
 # -- the synthetic objective ----------------------------------------------------------------
 def suggest(trial: optuna.Trial) -> dict:
-    """Define-by-run sampling, as `tune_hand.spec.define_by_run` does for the real space."""
+    """Define-by-run sampling, as `tune_hand.sweep.space.define_by_run` does for the real space."""
     return {
         "lr": trial.suggest_float("optim.lr", 1e-5, 1e-3, log=True),
         "channels": trial.suggest_categorical("model.channels", list(CHANNELS)),
@@ -152,7 +152,7 @@ def true_curve(p: dict, t, max_t: int):
     start = 70.0 + 6.0 * rot + 2.0 * col + 1.0 * sca   # augmented data is harder at first
     tau = (2.5 * np.sqrt(5e-4 / lr) * (1 + 0.5 * rot) * (1 + 0.15 * col) * (1 + 0.1 * sca)
            * (1 + 0.1 * (blocks - 4)))
-    # The trial's lr drops, as tune_hand.spec.milestone_epochs places them.
+    # The trial's lr drops, as tune_hand.sweep.space.milestone_epochs places them.
     t1 = np.clip(np.round(np.asarray(p["first"]) * max_t), 1, max_t)
     t2 = np.clip(np.round(np.asarray(p["second"]) * max_t), 1, max_t)
     t2 = np.where(t2 > t1, t2, t1 + 1)

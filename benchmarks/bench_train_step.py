@@ -9,7 +9,6 @@ batches, so the figure is the model's cost, not the input pipeline's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -18,10 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import device_name, sync  # noqa: E402
-from tune_hand.config import load_config  # noqa: E402
-from tune_hand.model.pose_net import build_model  # noqa: E402
-from tune_hand.training import select_device, train_step  # noqa: E402
+from _common import device_name, model_bench_parser, model_bench_setup, sync  # noqa: E402
+from tune_hand.model import build_model, describe_model  # noqa: E402
+from tune_hand.training import train_step  # noqa: E402
 
 
 def variants(device: torch.device, compiled: bool) -> list[tuple[str, bool, torch.dtype | None, bool]]:
@@ -68,29 +66,20 @@ def measure(cfg, device, batch: int, channels_last: bool, amp_dtype, steps: int,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="small")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--batch-size", type=int, default=32)
+    p = model_bench_parser(__doc__)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compile", action="store_true",
                    help="add the fastest variant under torch.compile (warm-up steps include compiling)")
-    p.add_argument("--json")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.overrides + ["model.pretrained=false"])
-    device = select_device(args.device)
+    cfg, device = model_bench_setup(args)
     name = device_name(device)
     rows = []
     for label, cl, amp, compiled in variants(device, args.compile):
         ips = measure(cfg, device, args.batch_size, cl, amp, args.steps, args.warmup, compiled)
         rows.append({"variant": label, "images_per_s": round(ips, 1)})
     base = rows[0]["images_per_s"]
-    print(f"training step, {args.config} ({cfg.model.encoder} C={cfg.model.channels} N={cfg.model.blocks} "
+    print(f"training step, {args.config} ({describe_model(cfg.model)} "
           f"{cfg.data.image_size}px), batch {args.batch_size}, {name}, {torch.get_num_threads()} threads")
     for r in rows:
         r["ratio_vs_fp32"] = round(r["images_per_s"] / base, 2)

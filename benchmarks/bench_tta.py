@@ -6,7 +6,6 @@ bare cost of n plain forwards (the limit), same model, same batch, same outputs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -17,12 +16,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import device_name, sync  # noqa: E402
-from tune_hand.config import load_config  # noqa: E402
+from _common import device_name, model_bench_parser, model_bench_setup, sync  # noqa: E402
 from tune_hand.geometry import rot_z  # noqa: E402
-from tune_hand.model.pose_net import build_model  # noqa: E402
+from tune_hand.model import build_model  # noqa: E402
 from tune_hand.rotation_tta import predict_rotation_averaged, rotate_images  # noqa: E402
-from tune_hand.training import select_device  # noqa: E402
 
 
 @torch.no_grad()
@@ -60,17 +57,11 @@ def timed(fn, device, repeats: int) -> tuple[float, torch.Tensor]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="small")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--batch-size", type=int, default=32)
+    p = model_bench_parser(__doc__)
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json")
     args = p.parse_args()
-    cfg = load_config(args.config, args.overrides + ["model.pretrained=false"])
-    device = select_device(args.device)
+    cfg, device = model_bench_setup(args)
     torch.manual_seed(0)
     model = build_model(cfg).to(device).eval()
     if device.type == "cuda":

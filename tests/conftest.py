@@ -160,9 +160,11 @@ def sweep(tiny_data, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _quiet_ray_auth():
-    """Ray 2.60 turns token auth on for a local ray.init() unless told otherwise (DESIGN section 7)."""
+def _quiet_ray_auth(tmp_path_factory):
+    """Ray 2.60 turns token auth on for a local ray.init() unless told otherwise (DESIGN section 7).
+    Sweeps sign their state with a key of this test session's (never the user's ~/.config/tune-hand/key)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_HAND_KEY_FILE", str(tmp_path_factory.mktemp("key") / "key"))
     yield
 
 

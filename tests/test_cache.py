@@ -20,6 +20,7 @@ from tune_hand.config import AugmentConfig
 from tune_hand.data.cache import HEADER_BYTES, CacheUnfit, DecodedCache, cache_dir, open_cache
 from tune_hand.data.dataset import HandPoseDataset
 from tune_hand.data.freihand import FreiHAND
+from tune_hand.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 AUGMENT = AugmentConfig(rotation_deg=180.0, flip=0.5, color_jitter=0.3, scale=0.3, translate=0.1)
@@ -264,3 +265,55 @@ def test_trainer_with_cache_and_device_warp(synth_data, tmp_path):
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == expected["image"].shape
     assert (batch["image"].int() - expected["image"].int()).abs().max() <= 2
     assert torch.equal(batch["xyz_mm"], expected["xyz_mm"]) and torch.equal(batch["index"], expected["index"])
+
+
+def test_cache_directory_is_created_private(reader, tmp_path):
+    directory = tmp_path / "new" / "cache"
+    _open(reader, directory)
+    assert directory.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777])
+def test_cache_directory_others_may_write_is_refused(reader, tmp_path, mode):
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(mode)
+    with pytest.raises(DataError, match=r"writable by others .*chmod 700 .*data.cache") as info:
+        open_cache(reader, str(directory), log=lambda m: None)
+    assert str(directory) in str(info.value) and "\n" not in str(info.value)
+    assert _cache_files(directory) == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a directory to another user")
+def test_cache_directory_of_another_user_is_refused_and_their_file_rebuilt(reader, tmp_path):
+    directory = tmp_path / "theirs"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 12345, 12345)
+    with pytest.raises(DataError, match=r"belongs to uid 12345, not to you"):
+        open_cache(reader, str(directory), log=lambda m: None)
+    os.chown(directory, 0, 0)
+    cache, _ = _open(reader, directory)
+    os.chown(cache.path, 12345, 12345)  # a file someone else put into our directory
+    rebuilt, lines = _open(reader, directory)
+    assert "owned by uid 12345" in lines[0] and rebuilt.path.stat().st_uid == 0
+
+
+def test_corruption_anywhere_is_one_line_when_the_image_is_read(reader, tmp_path):
+    cache, _ = _open(reader, tmp_path / "cache")
+    np.testing.assert_array_equal(cache[2], reader.read_image(2))  # checked and fine
+    with open(cache.path, "r+b") as f:  # image 3, after the cache was opened and checked
+        f.seek(HEADER_BYTES + 64 * 64 * 3 * 3 + 5)
+        f.write(b"\x01\x02\x03")
+    with pytest.raises(DataError, match=r"image 3 does not match its checksum .*delete the file"):
+        cache[3]
+
+
+def test_damaged_image_checksums_are_detected_and_rebuilt(reader, tmp_path):
+    cache, _ = _open(reader, tmp_path / "cache")
+    with open(cache.path, "r+b") as f:
+        f.seek(-2, os.SEEK_END)
+        f.write(b"\xff\xff")
+    rebuilt, lines = _open(reader, tmp_path / "cache")
+    assert "building" in lines[0] and "checksum" in lines[0]
+    for i in range(len(reader)):
+        np.testing.assert_array_equal(rebuilt[i], reader.read_image(i))

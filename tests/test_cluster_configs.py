@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tune_hand.spec import load_spec
+from tune_hand.sweep import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -144,6 +144,7 @@ def test_token_auth_on_every_ray_start(name):
         assert re.search(r"(^|[;&\s])RAY_AUTH_MODE=token ray start\b", command), command
     # Every node gets the token file of the machine running `ray up`, readable by its owner only.
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert config["file_mounts"]["~/.config/tune-hand/key"] == "~/.config/tune-hand/key"  # the sweep key
     assert any("chmod 600 ~/.ray/auth_token" in c for c in config["setup_commands"])
     # ... and no token is written in the config.
     text = RAY_UP[name].read_text()
@@ -275,7 +276,7 @@ def volume_mounts(spec: dict) -> list[tuple[str, str]]:
 
 def test_rayjob_runs_a_resumable_sweep_on_the_shared_volume():
     from tune_hand.cli import build_parser
-    from tune_hand.sweep_cli import cmd_search
+    from tune_hand.cli.sweep import cmd_search
 
     docs = manifests()
     pvc = docs["PersistentVolumeClaim"]
@@ -604,7 +605,7 @@ def test_dockerfile_pins_torch_and_ray():
 
 def test_dockerfile_copies_what_the_package_needs():
     project = load_toml(ROOT / "pyproject.toml")
-    packages = {p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]}
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert dockerfile_copies() == packages | {"pyproject.toml", project["project"]["readme"]}
     ignored = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignored

@@ -1,4 +1,4 @@
-"""PoseNet, its encoder and decoder, ImageNet weight loading and model_info."""
+"""build_model and the PoseNet it builds: encoder and decoder, ImageNet weight loading, model_info."""
 
 from __future__ import annotations
 
@@ -10,16 +10,23 @@ from efficientnet_pytorch import EfficientNet
 
 from tune_hand.config import ENCODERS, Config, ModelConfig
 from tune_hand.errors import TuneHandError
+from tune_hand.model import PoseNet, build_encoder, build_model, describe_model
 from tune_hand.model.decoder import bins_to_range, soft_argmax_1d
 from tune_hand.model.encoder import hub_weights_path
 from tune_hand.model.info import format_info, model_info
-from tune_hand.model.pose_net import PoseNet, build_model
 
 S = 64  # image size for everything that runs a forward pass
 RANGES = torch.tensor([[-120.0, 120.0], [-130.0, 130.0], [300.0, 1000.0]])
 LAST_BLOCK_CHANNELS = {"efficientnet-b0": 320, "efficientnet-b1": 320, "efficientnet-b2": 352,
                        "efficientnet-b3": 384, "efficientnet-b4": 448, "efficientnet-b5": 512,
                        "efficientnet-b6": 576, "efficientnet-b7": 640}
+
+
+def build(model: ModelConfig, image_size: int = S, **kwargs) -> PoseNet:
+    """The model of config section `model` at `image_size`, through the front door as the code builds it."""
+    cfg = Config()
+    cfg.model, cfg.data.image_size = model, image_size
+    return build_model(cfg, **kwargs)
 
 
 def small(**overrides) -> ModelConfig:
@@ -52,22 +59,27 @@ def calibrated(model: PoseNet) -> PoseNet:
 
 def meta_model(**overrides) -> PoseNet:
     with torch.device("meta"):
-        return PoseNet(ModelConfig(pretrained=False, **overrides), 224)
+        return build(ModelConfig(pretrained=False, **overrides), 224)
 
 
 # -- every encoder the search may pick ---------------------------------------------------
 
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_every_encoder_variant_runs_forward_and_backward(encoder):
+    """Each variant at its own width, but one MBConv block per stage (depth_coefficient 0.1,
+    7 blocks instead of 16-55): the variant's channel counts, at a cost the suite can pay
+    for all eight (well under a second each)."""
     torch.manual_seed(0)
-    model = PoseNet(ModelConfig(encoder=encoder, channels=16, blocks=2, pretrained=False), S, ranges_mm=RANGES)
-    assert model.encoder.out_channels == LAST_BLOCK_CHANNELS[encoder]
+    model = build(ModelConfig(encoder=encoder, depth_coefficient=0.1, channels=16, blocks=2, pretrained=False),
+                  ranges_mm=RANGES)
+    assert model.encoder.out_channels == LAST_BLOCK_CHANNELS[encoder] and len(model.encoder._blocks) == 7
     pred, heatmaps = model.forward_with_heatmaps(images())
     assert pred.shape == (2, 21, 3) and pred.dtype == torch.float32
     assert ((pred >= RANGES[:, 0]) & (pred <= RANGES[:, 1])).all()
     assert {k: tuple(v.shape) for k, v in heatmaps.items()} == {a: (2, 21, 8) for a in "xyz"}
     pred.square().mean().backward()
-    for name in ("encoder._conv_stem.weight", "decoder.xy_stack.0.0.weight", "decoder.z_head.weight"):
+    for name in ("encoder._conv_stem.weight", "encoder._blocks.6._project_conv.weight",
+                 "decoder.xy_stack.0.0.weight", "decoder.z_head.weight"):
         grad = model.get_parameter(name).grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
     # conv_head is built (for the parameter count) but never runs
@@ -103,21 +115,21 @@ def test_heatmap_bins_follow_image_size_and_blocks():
     for blocks in (1, 2, 3):
         cfg = Config()
         cfg.data.image_size, cfg.model = S, small(blocks=blocks)
-        model = PoseNet(cfg.model, S)
+        model = build_model(cfg)
         _, heatmaps = model.forward_with_heatmaps(images(1))
         assert heatmaps["x"].shape[-1] == model.heatmap_bins == cfg.heatmap_bins() == (S // 32) * 2**blocks
         assert torch.allclose(heatmaps["y"].sum(-1), torch.ones(1, 21))
 
 
 def test_kernel_size_3_gives_the_same_output_size():
-    model = PoseNet(small(kernel_size=3, blocks=3), S)
+    model = build(small(kernel_size=3, blocks=3))
     pred, heatmaps = model.forward_with_heatmaps(images())
     assert pred.shape == (2, 21, 3) and heatmaps["z"].shape == (2, 21, 16)
 
 
 @pytest.mark.parametrize("overrides", [dict(split_z=False), dict(separable=False)])
 def test_decoder_variants_run(overrides):
-    model = PoseNet(small(blocks=3, **overrides), S)
+    model = build(small(blocks=3, **overrides))
     pred = model(images())
     pred.mean().backward()
     assert pred.shape == (2, 21, 3)
@@ -125,11 +137,11 @@ def test_decoder_variants_run(overrides):
 
 
 def test_shared_stack_has_fewer_parameters():
-    assert n_params(PoseNet(small(split_z=False), S).decoder) < n_params(PoseNet(small(), S).decoder)
+    assert n_params(build(small(split_z=False)).decoder) < n_params(build(small()).decoder)
 
 
 def test_encoder_batchnorm_momentum_is_pytorch_convention():
-    model = PoseNet(small(encoder_bn_momentum=0.1), S)
+    model = build(small(encoder_bn_momentum=0.1))
     assert model.encoder._bn0.momentum == pytest.approx(0.1)
     assert model.encoder._blocks[-1]._bn2.momentum == pytest.approx(0.1)
 
@@ -153,18 +165,18 @@ def test_first_and_last_bin_map_to_the_range_ends():
 
 
 def test_soft_argmax_stays_float32_under_autocast():
-    model = PoseNet(small(), S, ranges_mm=RANGES).eval()
+    model = build(small(), ranges_mm=RANGES).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         pred, heatmaps = model.forward_with_heatmaps(images())
     assert pred.dtype == torch.float32 and heatmaps["x"].dtype == torch.float32
 
 
-# -- PoseNet front door ------------------------------------------------------------------------
+# -- PoseNet: inputs and coordinate frame ------------------------------------------------------
 
 def test_normalize_none_feeds_raw_images_and_imagenet_standardises():
     seen = {}
     for mode in ("none", "imagenet"):
-        model = PoseNet(small(normalize=mode), S)
+        model = build(small(normalize=mode))
         model.encoder.register_forward_pre_hook(lambda module, args, mode=mode: seen.update({mode: args[0]}))
         model(images())
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -174,7 +186,7 @@ def test_normalize_none_feeds_raw_images_and_imagenet_standardises():
 
 
 def test_channels_last_input_gives_the_same_prediction():
-    model = calibrated(PoseNet(small(), S, ranges_mm=RANGES))
+    model = calibrated(build(small(), ranges_mm=RANGES))
     x = images()
     with torch.no_grad():
         pred = model(x)
@@ -185,17 +197,17 @@ def test_channels_last_input_gives_the_same_prediction():
 def test_to_camera_adds_the_mean_root_for_root_relative_targets():
     root = torch.tensor([10.0, -20.0, 500.0])
     pred = torch.randn(2, 21, 3)
-    relative = PoseNet(small(target="root_relative"), S, mean_root_mm=root)
-    camera = PoseNet(small(target="camera"), S, mean_root_mm=root)
+    relative = build(small(target="root_relative"), mean_root_mm=root)
+    camera = build(small(target="camera"), mean_root_mm=root)
     assert torch.equal(relative.to_camera(pred), pred + root)
     assert torch.equal(camera.to_camera(pred), pred)
 
 
 def test_frame_travels_in_the_state_dict():
-    model = calibrated(PoseNet(small(), S, ranges_mm=RANGES, mean_root_mm=torch.tensor([1.0, 2.0, 3.0])))
+    model = calibrated(build(small(), ranges_mm=RANGES, mean_root_mm=torch.tensor([1.0, 2.0, 3.0])))
     state = model.state_dict()
     assert {"ranges_mm", "mean_root_mm", "input_mean", "input_std"} <= set(state)
-    fresh = PoseNet(small(), S).eval()  # placeholder frame, other random weights
+    fresh = build(small()).eval()  # placeholder frame, other random weights
     fresh.load_state_dict(state)
     x = images()
     with torch.no_grad():
@@ -205,9 +217,9 @@ def test_frame_travels_in_the_state_dict():
 
 def test_bad_frame_and_image_size_are_refused():
     with pytest.raises(ValueError, match="ranges_mm"):
-        PoseNet(small(), S, ranges_mm=torch.tensor([[1.0, -1.0]] * 3))
+        build(small(), ranges_mm=torch.tensor([[1.0, -1.0]] * 3))
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 64, 64\)"):
-        PoseNet(small(), S)(torch.rand(1, 3, 96, 96))
+        build(small())(torch.rand(1, 3, 96, 96))
 
 
 # -- ImageNet weights ----------------------------------------------------------------------------
@@ -270,3 +282,27 @@ def test_corrupt_or_foreign_weights_name_the_file(tmp_path):
     torch.save(EfficientNet.from_name("efficientnet-b1", include_top=False).state_dict(), foreign)
     with pytest.raises(TuneHandError, match="b1.pth: not efficientnet-pytorch weights for efficientnet-b0"):
         build_model(b0_config(weights=str(foreign)))
+
+
+# -- the front door ------------------------------------------------------------------------------
+
+def test_pretrained_argument_overrides_the_config(tmp_path, monkeypatch, b0_imagenet_state):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no file in the hub cache: loading would raise
+    build_model(b0_config(), pretrained=False)  # what a checkpoint is loaded over: no ImageNet file needed
+    path = tmp_path / "b0.pth"
+    torch.save(b0_imagenet_state, path)
+    assert_loaded(build_model(b0_config(pretrained=False, weights=str(path)), pretrained=True), b0_imagenet_state)
+
+
+def test_build_encoder_is_the_encoder_build_model_uses():
+    cfg = small(encoder_bn_momentum=0.1)
+    encoder, model = build_encoder(cfg, S), build(cfg)
+    assert ({k: v.shape for k, v in encoder.state_dict().items()}
+            == {k: v.shape for k, v in model.encoder.state_dict().items()})
+    assert encoder._bn0.momentum == pytest.approx(0.1)
+    assert encoder(images()).shape == (2, model.encoder.out_channels, S // 32, S // 32)
+
+
+def test_describe_model_is_one_line_naming_encoder_scaling_and_decoder():
+    assert describe_model(ModelConfig()) == "efficientnet-b4 C=128 N=4"
+    assert describe_model(small()) == "efficientnet-b0 width=0.5 depth=0.5 C=16 N=2"

@@ -16,9 +16,10 @@ from tune_hand.config import Config, load_config
 from tune_hand.data.freihand import FreiHAND
 from tune_hand.errors import TuneHandError
 from tune_hand.evaluation import read_prediction, score_file
-from tune_hand.retrain import add_command, rescale_milestones, retrain, retrain_config
+from tune_hand.cli.retrain import add_commands as add_command
+from tune_hand.retrain import rescale_milestones, retrain, retrain_config
 from tune_hand.runs import start_run
-from tune_hand.spec import load_spec, spec_hash
+from tune_hand.sweep import load_spec, spec_hash
 from tune_hand.sweep import SPEC_FILE, SWEEP_FILE, export_best
 
 # The trial's config: a 4-epoch budget (milestones [2, 3]) that ASHA stopped after epoch 1.

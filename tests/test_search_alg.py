@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tune_hand import search_alg
-from tune_hand.search_alg import AshaStateCallback, LiveTable, ResumableASHA
+from tune_hand.sweep import schedulers
+from tune_hand.sweep.live_table import LiveTable
+from tune_hand.sweep.schedulers import AshaStateCallback, ResumableASHA
 
 
 class FakeController:
@@ -37,7 +38,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     c = Clock()
-    monkeypatch.setattr(search_alg.time, "monotonic", c)
+    monkeypatch.setattr(schedulers.time, "monotonic", c)
     return c
 
 

@@ -21,8 +21,8 @@ import pytest
 
 from conftest import TINY, kill_driver_session
 from tune_hand.cli import main
-from tune_hand.spec import load_spec
-from tune_hand.storage import join
+from tune_hand.sweep import load_spec
+from tune_hand.sweep.storage import join
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto.server")
@@ -250,7 +250,7 @@ def test_a_bucket_sweep_killed_resumes_from_the_bucket_and_best_reads_it(s3, tin
     assert status["best"]["best_metric"] == pytest.approx(expected[SPEC.metric])
 
     # `best --export` fetches one checkpoint: the best epoch's, byte for byte.
-    from tune_hand import storage
+    from tune_hand.sweep import storage
 
     fetched = []
     real_fetch = storage.ExperimentDir.fetch

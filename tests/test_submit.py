@@ -12,15 +12,20 @@ from pathlib import Path
 import pytest
 
 from ray_nodes import LocalCluster, free_ports
-from tune_hand.cli import main
+from tune_hand.cli import build_parser, main
 from tune_hand.errors import ConfigError, TuneHandError
 from tune_hand.jobs import Jobs, Token, _ship_spec, default_address, find_token, prepare_command, write_token
-from tune_hand.spec import load_spec, spec_hash
+from tune_hand.sweep import load_spec, spec_hash
+
+
+def prepare(command, storage=None):
+    """jobs.prepare_command with tune-hand's own parser, as `tune-hand submit` calls it."""
+    return prepare_command(command, build_parser(), storage)
 
 
 # -- the command sent to the cluster ------------------------------------------------------------
 def test_a_search_gets_the_cluster_address_the_storage_and_a_name():
-    command, experiment, name = prepare_command(
+    command, experiment, name = prepare(
         ["--", "search", "quick", "--data", "/nfs/freihand", "--set", "model.channels=8"], storage="/nfs/sweeps")
     assert command[:7] == ["search", "quick", "--data", "/nfs/freihand", "--set", "model.channels=8", "--storage"]
     assert command[command.index("--storage") + 1] == "/nfs/sweeps"
@@ -29,22 +34,23 @@ def test_a_search_gets_the_cluster_address_the_storage_and_a_name():
     assert run_name.startswith("quick-") and experiment == f"/nfs/sweeps/{run_name}" and name == run_name
 
 
+
 def test_the_spec_may_follow_the_options():
-    command, _, _ = prepare_command(["search", "--data", "/d", "--set", "model.channels=8", "quick"], storage="/s")
+    command, _, _ = prepare(["search", "--data", "/d", "--set", "model.channels=8", "quick"], storage="/s")
     assert command[:6] == ["search", "quick", "--data", "/d", "--set", "model.channels=8"]
 
 
 def test_the_commands_own_storage_name_and_address_are_kept():
-    command, experiment, _ = prepare_command(["search", "quick", "--data", "s3://b/fh", "--storage", "s3://b/sw",
+    command, experiment, _ = prepare(["search", "quick", "--data", "s3://b/fh", "--storage", "s3://b/sw",
                                               "--name", "q1", "--address", "10.0.0.1:6379"])
     assert command.count("--storage") == command.count("--name") == command.count("--address") == 1
     assert "10.0.0.1:6379" in command and experiment == "s3://b/sw/q1"
 
 
 def test_resume_and_other_commands_pass_through():
-    command, experiment, _ = prepare_command(["resume", "/nfs/sweeps/q1"])
+    command, experiment, _ = prepare(["resume", "/nfs/sweeps/q1"])
     assert command == ["resume", "/nfs/sweeps/q1", "--address", "auto"] and experiment == "/nfs/sweeps/q1"
-    command, experiment, name = prepare_command(["inspect", "/nfs/freihand"])
+    command, experiment, name = prepare(["inspect", "/nfs/freihand"])
     assert command == ["inspect", "/nfs/freihand"] and experiment is None and name == "inspect"
 
 
@@ -61,13 +67,13 @@ def test_resume_and_other_commands_pass_through():
 ])
 def test_a_command_that_cannot_run_on_the_cluster_fails_here(command, storage, message):
     with pytest.raises(ConfigError) as err:
-        prepare_command(command, storage=storage)
+        prepare(command, storage=storage)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_mistyped_command_fails_here_with_usage(capsys):
     with pytest.raises(SystemExit) as err:
-        prepare_command(["search", "quick", "--data", "/d", "--smaples", "3"], storage="/s")
+        prepare(["search", "quick", "--data", "/d", "--smaples", "3"], storage="/s")
     assert err.value.code == 2 and "unrecognized arguments: --smaples" in capsys.readouterr().err
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import TINY, kill_driver_session
 from tune_hand.cli import main
-from tune_hand.spec import load_spec
+from tune_hand.sweep import load_spec
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +42,9 @@ def _raw_epochs(trial_dir: Path) -> list[int]:
 
 
 def _snapshot_states(exp: Path) -> dict[str, str]:
-    from tune_hand.sweep import _ray_trial_states
+    from tune_hand.sweep import ray_trial_states
 
-    return _ray_trial_states(exp)
+    return ray_trial_states(exp)
 
 
 def _newest_pickle(exp: Path, pattern: str):
@@ -54,11 +54,11 @@ def _newest_pickle(exp: Path, pattern: str):
 
 def _rungs_replayed(exp: Path, metric: str) -> dict[int, dict[str, float]]:
     """What ASHA must have recorded: each trial's (deduplicated) value at each rung epoch."""
-    from tune_hand.sweep import _results, _trial_dirs
+    from tune_hand.sweep import trial_dirs, trial_rows
 
     out: dict[int, dict[str, float]] = {1: {}, 2: {}, 4: {}}
-    for trial_dir in _trial_dirs(exp):
-        for row in _results(trial_dir):
+    for trial_dir in trial_dirs(exp):
+        for row in trial_rows(trial_dir):
             if row["epoch"] in out:
                 out[row["epoch"]][row["trial_id"]] = -row[metric]
     return out

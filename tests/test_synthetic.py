@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -11,9 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from tune_hand.data import hand_model as hm
-from tune_hand.data.synthetic import (SUPERSAMPLE, _orientation, place_hand, random_rotation, raycast,
-                                      render_dataset, render_sample, sample_rng, write_preview)
+from tune_hand.data.synth import hand_model as hm
+from tune_hand.data.synth import volumes as hv
+from tune_hand.data.synth.render import SUPERSAMPLE, raycast, render_sample
+from tune_hand.data.synth.scene import _orientation, place_hand, random_rotation
+from tune_hand.data.synth.write import render_dataset, sample_rng, write_preview
 from tune_hand.errors import TuneHandError
 from tune_hand.geometry import project, resize_affine
 from tune_hand.viz import BONES, contact_sheet, draw_skeleton
@@ -102,6 +105,41 @@ def test_parallel_workers_write_the_same_bytes(tmp_path):
     render_dataset(tmp_path / "one", 3, 1, seed=2, image_size=64, with_mesh_files=False)
     render_dataset(tmp_path / "two", 3, 1, seed=2, image_size=64, with_mesh_files=False, workers=2)
     assert _tree(tmp_path / "one") == _tree(tmp_path / "two")
+
+
+def _digest(tree: dict[str, bytes], suffix: str) -> str:
+    h = hashlib.sha256()
+    for name in sorted(n for n in tree if n.endswith(suffix)):
+        h.update(Path(name).as_posix().encode() + b"\0" + tree[name])
+    return h.hexdigest()
+
+
+def test_bytes_match_the_renderer_before_it_became_a_package(tmp_path):
+    """Digests of a tiny dataset written by tune_hand/data/synthetic.py at 98b7c0e, before the
+    split into tune_hand/data/synth/: moving code must not move a single RNG draw. A new NumPy
+    or OpenCV may legitimately change them (float kernels, JPEG encoder); then check the
+    images by eye (write_preview) and record the new digests."""
+    render_dataset(tmp_path / "d", 2, 1, seed=3, image_size=64)
+    tree = _tree(tmp_path / "d")
+    assert len(tree) == 21
+    assert _digest(tree, ".json") == "6aa805719fd81ae8e9ef144f7139dc206b8324237a4158e44f50992fc44cf6d4"
+    assert _digest(tree, ".jpg") == "faee2173ff4c4b8060e3f2a831a4daee6ff9174374ae5ce4d3d4f990be98f1ec"
+
+
+def test_old_module_paths_name_the_same_objects():
+    """tune_hand.data.synthetic and tune_hand.data.hand_model stay importable for the code,
+    scripts and pickles that name them."""
+    from tune_hand.data import hand_model as old_hm
+    from tune_hand.data import synth, synthetic
+
+    for name in synth.__all__:
+        assert getattr(synthetic, name) is getattr(synth, name), name
+    assert synthetic._orientation is _orientation and synthetic.render_dataset is render_dataset
+    for name in ("sample_hand", "joints", "forearm_direction", "sample_pose_joints", "pose_variety_mm",
+                 "HandShape", "HandPose", "FAMILIES", "FINGER_JOINTS"):
+        assert getattr(old_hm, name) is getattr(hm, name), name
+    for name in ("Volumes", "hand_volumes", "surface_points", "PALM", "FOREARM", "SLEEVE"):
+        assert getattr(old_hm, name) is getattr(hv, name), name
 
 
 # -- camera and hand geometry ---------------------------------------------------------------------
@@ -204,12 +242,12 @@ def test_depth_buffer_sees_each_joint_or_something_in_front(samples):
     assert hidden > 0
 
 
-def _two_cones(order: int) -> hm.Volumes:
+def _two_cones(order: int) -> hv.Volumes:
     """A horizontal cone 0.5 m away crossing a vertical one 0.6 m away, on the optical axis."""
     ends = [[[-0.05, 0.0, 0.5], [0.05, 0.0, 0.5]], [[0.0, -0.05, 0.6], [0.0, 0.05, 0.6]]]
-    radii, labels = [[0.01, 0.01], [0.012, 0.012]], [hm.INDEX, hm.RING]
+    radii, labels = [[0.01, 0.01], [0.012, 0.012]], [hv.INDEX, hv.RING]
     k = [0, 1][::order]
-    return hm.Volumes(np.array(ends)[k], np.array(radii)[k], np.array(labels)[k],
+    return hv.Volumes(np.array(ends)[k], np.array(radii)[k], np.array(labels)[k],
                       np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros((0, 3)), np.zeros(0, int))
 
 
@@ -218,11 +256,11 @@ def test_occlusion_nearer_surface_wins_in_any_order():
     for order in (1, -1):
         buf = raycast(_two_cones(order), K, 64)
         # the ray through the principal point's pixel centre (31, 20) meets the near cone head on
-        assert buf.label[20, 31] == hm.INDEX
+        assert buf.label[20, 31] == hv.INDEX
         assert buf.depth[20, 31] == pytest.approx(0.49, abs=1e-5)
         assert buf.normal[:, 20, 31] == pytest.approx([0.0, 0.0, -1.0], abs=1e-4)
         # 6 px down (0.03 m / 0.6 m * 100 px) only the far cone is there
-        assert buf.label[26, 31] == hm.RING
+        assert buf.label[26, 31] == hv.RING
         assert buf.depth[26, 31] == pytest.approx(0.588, abs=1e-3)
         assert buf.label[20, 5] == -1 and np.isinf(buf.depth[20, 5])
 
@@ -233,7 +271,7 @@ def test_rays_pass_through_pixel_centres():
     breaks the symmetry by 2.5e-4 m)."""
     K = np.array([[100.0, 0.0, 31.0], [0.0, 100.0, 20.0], [0.0, 0.0, 1.0]])
     centre = np.array([(40 - 31) / 100 * 0.5, (30 - 20) / 100 * 0.5, 0.5])
-    ball = hm.Volumes(np.array([[centre, centre + [1e-5, 0, 0]]]), np.array([[0.02, 0.02]]), np.array([hm.PALM]),
+    ball = hv.Volumes(np.array([[centre, centre + [1e-5, 0, 0]]]), np.array([[0.02, 0.02]]), np.array([hv.PALM]),
                       np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros((0, 3)), np.zeros(0, int))
     v, u = np.mgrid[0:64, 0:64]
     dist = raycast(ball, K, 64).depth * np.sqrt(((u - 31) / 100) ** 2 + ((v - 20) / 100) ** 2 + 1)

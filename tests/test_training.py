@@ -84,30 +84,26 @@ def test_diverging_run_stops_at_once(synth_data, tmp_path):
 
 @pytest.mark.slow
 def test_small_config_learns_on_synthetic_hands(tmp_path):
-    """A few minutes on CPU: the root-relative error falls well below the camera-frame mean hand's.
-
-    What is learnt first is the hand's 3D orientation and size (root-relative MPJPE). The
-    articulation that PA-MPJPE measures after alignment needs far more than a CPU's minutes on
-    this renderer's pose variety: in 14 epochs (8 min) it stays at the camera-mean baseline's
-    level, so this test asserts only that it does not get worse than that.
+    """A few minutes on CPU: the `small` preset (centroid-relative targets, the PA loss) learns the
+    hand's articulation: its PA-MPJPE falls far below the camera-frame mean hand's, to the level
+    of the mean hand SHAPE (the best constant after alignment), within ~11k training images.
     """
     from tune_hand.data.synthetic import render_dataset
 
     data = tmp_path / "data"
     render_dataset(data, n_train=400, n_eval=0, seed=3, with_mesh_files=False, workers=2)
-    cfg = load_config("small", ["optim.epochs=8", "optim.milestones=[6]", "data.num_workers=1",
-                                "data.val_fraction=0.15"])
+    cfg = load_config("small", ["optim.epochs=8", "data.num_workers=1", "data.val_fraction=0.15"])
     trainer = Trainer(cfg, data)
     results = list(trainer.epochs())
-    best_rr = min(r.val["rr_mpjpe_mm"] for r in results)
     best_pa = min(r.val["pa_mpjpe_mm"] for r in results)
     gt_val = trainer.reader.xyz[np.unique(trainer.val_idx % trainer.reader.num_unique)] * 1000.0
-    camera = baseline_scores(trainer.train_xyz_m * 1000.0, gt_val)["mean_hand_camera"]
-    print(f"best val rr_mpjpe {best_rr:.1f} mm (camera-mean {camera['rr_mpjpe_mm']:.1f}), "
-          f"pa_mpjpe {best_pa:.1f} mm (camera-mean {camera['pa_mpjpe_mm']:.1f})")
+    baselines = baseline_scores(trainer.train_xyz_m * 1000.0, gt_val)
+    camera, shape = baselines["mean_hand_camera"], baselines["mean_hand_shape"]
+    print(f"best val pa_mpjpe {best_pa:.1f} mm (camera-mean {camera['pa_mpjpe_mm']:.1f}, "
+          f"mean shape {shape['pa_mpjpe_mm']:.1f})")
     assert results[-1].status == "ok"
-    assert best_rr < 0.8 * camera["rr_mpjpe_mm"]
-    assert best_pa < camera["pa_mpjpe_mm"] + 1.0
+    assert best_pa < 0.75 * camera["pa_mpjpe_mm"]
+    assert best_pa < shape["pa_mpjpe_mm"] + 2.0
 
 
 @pytest.mark.timeout(300)
@@ -134,3 +130,35 @@ def test_compile_option_wraps_the_training_model_only(synth_data):
     plain = Trainer(tiny_config(), synth_data)
     assert trainer.state_dict()["model"].keys() == plain.state_dict()["model"].keys()
     assert plain.step_model is plain.model
+
+
+def test_restore_takes_hyperparameters_from_the_given_config_and_state_from_the_checkpoint(synth_data, tmp_path):
+    """A scheduler that changes a trial's learning rate between epochs (PBT) resumes it under the
+    new value: Trainer.restore keeps the checkpoint's weights, moments and epoch, not its lr."""
+    out = tmp_path / "run"
+    run(start_run(tiny_config("optim.epochs=2", "optim.milestones=[1, 3]", "optim.lr=0.001"), synth_data, out), out)
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+
+    changed = Trainer(tiny_config("optim.epochs=4", "optim.milestones=[2, 3]", "optim.lr=0.004",
+                                  "optim.weight_decay=0.01"), synth_data)
+    changed.restore(state)
+    group = changed.optimizer.param_groups[0]
+    assert changed.epoch == 2 and group["lr"] == pytest.approx(0.004 * 0.1)  # milestone 2 passed, 3 not yet
+    assert group["weight_decay"] == 0.01
+    for key, tensor in state["model"].items():
+        assert torch.equal(changed.model.state_dict()[key].cpu(), tensor), key
+    next(changed.epochs())  # epoch 3: the new milestone 3 applies after it
+    assert changed.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * 0.01)
+
+
+def test_the_best_epoch_follows_the_objective_it_is_given(synth_data, tmp_path):
+    """Training ranks its epochs by the sweep's metric and mode, not by a fixed PA-MPJPE."""
+    from tune_hand.objective import Objective
+
+    trainer = Trainer(tiny_config("optim.epochs=3"), synth_data, objective=Objective.single("rr_mpjpe_mm", "max"))
+    results = list(trainer.epochs())
+    values = [r.val["rr_mpjpe_mm"] for r in results]
+    assert trainer.best_epoch == 1 + values.index(max(values))
+    assert trainer.best_metric == max(values)
+    assert [r.is_best for r in results].count(True) >= 1

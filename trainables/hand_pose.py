@@ -5,7 +5,7 @@
 
 `config` is what Ray passes: the Optuna-sampled parameters plus the spec's fixed values
 (`{"optim.lr": 3e-4, "model.channels": 96, ...}`). The trial's Config is built from the spec
-by `tune_hand.spec.trial_config`, so a trial and `tune-hand train` with the same config run
+by `tune_hand.sweep.space.trial_config`, so a trial and `tune-hand train` with the same config run
 the same code.
 
 Each epoch reports `EpochResult.metrics()` with a full-state checkpoint (`checkpoint.pt`:
@@ -17,11 +17,12 @@ The dataset is read at the same path on every node. A node that cannot see it fa
 trial at once with the path and the node in the message (Ray retries it, up to the spec's
 max_failures, possibly elsewhere), rather than a trial that never reports.
 
-A diverged epoch (non-finite loss) reports the metric as DIVERGED_METRIC (a large finite
-sentinel, 1e6 mm) with `status="diverged"` and `diverged=True`, then the trial ends. A
-finite sentinel ranks the trial last in ASHA's rung (NaN would be skipped by its cutoff and
-never pruned; inf turns the rung's percentile into NaN) and Optuna records the trial as
-COMPLETE with that value, i.e. the worst seen (Ray's OptunaSearch tells the last result).
+A diverged epoch (non-finite loss) reports the metric as the objective's sentinel (a large
+finite value, 1e6 mm, `tune_hand.objective`) with `status="diverged"` and `diverged=True`,
+then the trial ends: a finite sentinel ranks the trial last in ASHA's rung (NaN would be
+skipped by its cutoff and never pruned; inf turns the rung's percentile into NaN). The
+trainer ranks its epochs by the spec's objective, so a trial's best epoch is the one the
+sweep's `best` exports.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ from tensorboardX import SummaryWriter
 
 from tune_hand.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from tune_hand.errors import DataError
-from tune_hand.spec import parse_spec, trial_config
+from tune_hand.sweep.parse import parse_spec
+from tune_hand.sweep.space import trial_config
 from tune_hand.tb import log_images, should_log_images
 from tune_hand.training import Trainer
 
-DIVERGED_METRIC = 1.0e6  # mm; never a real error, always the worst in a min-mode search
 
 
 def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str) -> None:
@@ -57,7 +58,7 @@ def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str)
     _check_data_visible(data_dir, node_id)
     parsed = parse_spec(spec, source=f"spec {spec.get('name', '')}".strip())
     cfg = trial_config(parsed, dict(config))
-    trainer = Trainer(cfg, data_dir)
+    trainer = Trainer(cfg, data_dir, objective=parsed.objective)
     # Which node and GPU(s) ran each epoch: Ray sets CUDA_VISIBLE_DEVICES for a trial with GPUs.
     where = {"node_id": node_id, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
@@ -80,7 +81,7 @@ def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str)
         metrics["diverged"] = result.status == "diverged"
         metrics.update(where)
         if metrics["diverged"]:
-            metrics[parsed.metric] = DIVERGED_METRIC if parsed.mode == "min" else -DIVERGED_METRIC
+            metrics[parsed.metric] = parsed.objective.sentinel
         # Ray's result.json must stay valid for every reader: no NaN/inf in reported values.
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         with tempfile.TemporaryDirectory(prefix="tune_hand_ckpt_") as tmp:

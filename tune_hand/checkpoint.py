@@ -26,9 +26,14 @@ FILENAME = "checkpoint.pt"
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Atomically write `state` (see module docstring) to `path`."""
+    return atomic_write_bytes(path, checkpoint_bytes(state))
+
+
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """The bytes of a checkpoint file holding `state`, for writers that commit several files at once."""
     buf = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -67,13 +72,11 @@ def checkpoint_config(state: dict[str, Any], path: str | os.PathLike = "checkpoi
 
 def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """(model in eval mode, config, raw state) from a checkpoint; no ImageNet weights needed."""
-    from .model.pose_net import build_model
+    from .model import build_model
 
     state = load_checkpoint(path)
     cfg = checkpoint_config(state, path)
-    build_cfg = cfg.copy()
-    build_cfg.model.pretrained = False  # the checkpoint's weights replace ImageNet's
-    model = build_model(build_cfg)
+    model = build_model(cfg, pretrained=False)  # the checkpoint's weights replace ImageNet's
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

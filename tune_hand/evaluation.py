@@ -88,6 +88,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     if cfg.model.target == "root_relative":
         result["note"] = ("root-relative model: camera-frame points (mpjpe_mm, submission) place the predicted "
                           "hand at the training set's mean wrist position")
+    elif cfg.model.target == "centroid_relative":
+        result["note"] = ("centroid-relative model: camera-frame points (mpjpe_mm, submission) place the predicted "
+                          "hand's joint centroid at the training set's mean centroid")
     if reader.has_xyz:
         result.update(_with_rr(score(pred_mm, gt_mm), pred_mm, gt_mm))
         result["baselines"] = baseline_scores(train_xyz_mm, gt_mm)

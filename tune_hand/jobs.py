@@ -244,18 +244,19 @@ def _env_without(*names: str) -> Iterator[None]:
 
 
 # -- submitting a sweep -----------------------------------------------------------------------------
-def submit_command(command: list[str], address: str | None = None, token_file: str | Path | None = None,
+def submit_command(command: list[str], parser, address: str | None = None, token_file: str | Path | None = None,
                    storage: str | None = None, ship: bool = True, working_dir: str | Path | None = None,
                    log=None) -> dict[str, Any]:
     """Send `tune-hand COMMAND...` to the cluster as a Ray job: a sweep (search, resume), or any
     other command that should run there (retrain on a GPU node, `inspect` of the cluster's data).
 
     The command is checked here first (arguments, spec, overrides), so a typo fails on the
-    laptop, not minutes later on the cluster. Returns {job_id, address, entrypoint, experiment}
+    laptop, not minutes later on the cluster, with `parser` (tune-hand's own, `cli.build_parser()`).
+    Returns {job_id, address, entrypoint, experiment}
     (experiment: STORAGE/NAME of a search or resume, else None).
     """
     log = log or (lambda msg: print(f"tune-hand: {msg}", file=sys.stderr))
-    command, experiment, name = prepare_command(command, storage)
+    command, experiment, name = prepare_command(command, parser, storage)
     runtime_env: dict[str, Any] = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
     with tempfile.TemporaryDirectory(prefix="tune_hand_submit_") as staging:
         if ship:
@@ -276,21 +277,18 @@ def submit_command(command: list[str], address: str | None = None, token_file: s
     return {"job_id": job_id, "address": jobs.address, "entrypoint": entrypoint, "experiment": experiment}
 
 
-def prepare_command(command: list[str], storage: str | None = None) -> tuple[list[str], str | None, str]:
+def prepare_command(command: list[str], parser, storage: str | None = None) -> tuple[list[str], str | None, str]:
     """(the command to run on the cluster, its experiment path or None, a short name for the job id).
 
-    Validates it with tune-hand's own parser; adds --address auto (a sweep driver joins the
+    Validates it with `parser`, tune-hand's own (`cli.build_parser()`); adds --address auto (a sweep driver joins the
     cluster it runs in), --storage, and for a search without --name a dated --name, so the
     experiment's path is known at submission.
     """
-    from .cli import build_parser
-
     command = list(command[1:] if command[:1] == ["--"] else command)
     if not command or command[0].startswith("-") or command[0] in _LOCAL_ONLY:
         raise ConfigError("submit: give the tune-hand command to run on the cluster after `--`, e.g. "
                           "`tune-hand submit --address http://HEAD:8265 --storage /nfs/sweeps -- search paper "
                           "--data /nfs/freihand`")
-    parser = build_parser()
     args = parser.parse_args(command)
     options = _options(parser, command[0])
     if storage:
@@ -306,7 +304,7 @@ def prepare_command(command: list[str], storage: str | None = None) -> tuple[lis
         command += ["--address", "auto"]
 
     if command[0] == "search":
-        from .spec import load_spec, with_overrides
+        from .sweep.parse import load_spec, with_overrides
 
         spec = load_spec(args.spec)
         with_overrides(spec, args.overrides, args.samples)  # a bad --set fails here, not on the cluster
@@ -363,7 +361,7 @@ def _ship_spec(command: list[str], ship: bool, working_dir, staging: Path, runti
             raise ConfigError(f"{command[1]}: with --working-dir {working_dir} the spec file must be inside it")
         runtime_env["working_dir"] = str(root)
         return [command[0], str(spec_file.relative_to(root)), *command[2:]]
-    from .spec import load_spec
+    from .sweep.parse import load_spec
 
     spec = load_spec(spec_file)  # shipped self-contained: its base config inlined, no other file needed
     (staging / spec_file.name).write_text(spec.to_yaml())

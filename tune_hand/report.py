@@ -40,7 +40,7 @@ def build_report(exp_dir: str | Path, out_dir: str | Path, retrain_dir: str | Pa
                  data_dir: str | Path | None = None, images: int = 12, overwrite: bool = False) -> dict[str, Any]:
     """Write the report of the experiment `exp_dir` (a directory or a bucket URI) to `out_dir`
     (atomically); returns what it holds."""
-    from .sweep import open_experiment
+    from .sweep.experiment import open_experiment
 
     with open_experiment(exp_dir) as exp:  # a bucket's small files copied once for every reader below
         return _build_report(exp, out_dir, retrain_dir, data_dir, images, overwrite)
@@ -51,7 +51,8 @@ def _build_report(exp_dir, out_dir: str | Path, retrain_dir: str | Path | None, 
     import matplotlib
 
     matplotlib.use("Agg")
-    from .sweep import load_status, read_experiment, trial_results
+    from .sweep.experiment import read_experiment
+    from .sweep.results import load_status, trial_results
 
     status = load_status(exp_dir)
     spec, meta = read_experiment(exp_dir)
@@ -110,10 +111,10 @@ def _study(spec, trials: list[dict], rows: dict[str, list[dict]]):
     """An in-memory study with one COMPLETE trial per scored sweep trial (params, per-epoch values)."""
     import optuna
 
-    from .spec import define_by_run
+    from .sweep.space import define_by_run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize" if spec.mode == "min" else "maximize")
+    study = optuna.create_study(direction=spec.objective.direction)
     keys = {p.key for p in spec.space}
     for t in trials:
         if t["best_metric"] is None:
@@ -159,7 +160,8 @@ def _asha_png(trials: list[dict], rows: dict[str, list[dict]], spec, status: dic
     best_id = status["best"]["trial_id"] if status["best"] else None
     finite = [r[spec.metric] for t in trials for r in rows.get(t["trial_id"], [])
               if _finite(r.get(spec.metric)) and not r.get("diverged")]
-    top = (max(finite) if spec.mode == "min" else min(finite)) if finite else 1.0
+    top = spec.objective.worst_of(finite)
+    top = 1.0 if top is None else top
     for milestone in _rungs(spec):
         ax.axvline(milestone, color="#999999", linestyle=":", linewidth=1)
     markers = {"finished": "o", "stopped early": "x", "diverged": "^", "error": "s"}
@@ -233,7 +235,7 @@ def _predictions_png(exp_dir, data: Path, images: int) -> bytes | None:
     from .data.dataset import HandPoseDataset, make_loader
     from .data.freihand import FreiHAND
     from .errors import DataError
-    from .sweep import best_checkpoint
+    from .sweep.results import best_checkpoint
     from .tb import prediction_images
 
     if not (data / "evaluation_K.json").is_file():
@@ -363,8 +365,7 @@ def _html(status: dict, spec, meta: dict, trials: list[dict], figures: list, ret
 def _table(trials: list[dict], spec, status: dict) -> str:
     e = html.escape
     keys = [p.key for p in spec.space]
-    sign = 1 if spec.mode == "min" else -1
-    ordered = sorted(trials, key=lambda t: (t["best_metric"] is None, sign * (t["best_metric"] or 0)))
+    ordered = sorted(trials, key=lambda t: spec.objective.sort_key(t["best_metric"]))
     head = "".join(f"<th>{e(k)}</th>" for k in ["trial", "state", "epochs", f"best {spec.metric}", "best epoch"] + keys)
     body = []
     for t in ordered:

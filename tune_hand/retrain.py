@@ -19,7 +19,6 @@ for the same config (everything but data.dir, the dataset's location), and is re
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -35,9 +34,10 @@ from .checkpoint import FILENAME, checkpoint_config, load_checkpoint
 from .config import Config, apply_overrides, parse_override
 from .errors import ConfigError, TuneHandError
 from .io import atomic_write, write_json
-from .storage import is_remote
+from .model import describe_model
+from .runs import run_files
 from .sweep import SWEEP_FILE, export_best
-from .sweep_cli import positive_int
+from .sweep.storage import is_remote
 
 EXPORT_FILES = ("config.yaml", "provenance.json")  # the exported checkpoint.pt is not needed: we train from scratch
 SCORE_KEYS = ("pa_mpjpe_mm", "rr_mpjpe_mm", "freihand_aligned_mm", "auc_0_50mm", "mpjpe_mm")
@@ -100,7 +100,7 @@ def retrain(source: str | Path, data_dir: str | Path | None, out: str | Path, ep
     train_dir.mkdir(parents=True, exist_ok=True)
     trainer.cfg.to_yaml(train_dir / "config.yaml")
     total = trainer.cfg.optim.epochs
-    progress(f"training {cfg.model.encoder} C={cfg.model.channels} N={cfg.model.blocks} on {len(trainer.train_idx)} "
+    progress(f"training {describe_model(cfg.model)} on {len(trainer.train_idx)} "
              f"images (training + validation) on {trainer.device}, epochs {trainer.epoch + 1}..{total} "
              f"(milestones {list(cfg.optim.milestones)}) -> {train_dir}")
 
@@ -222,6 +222,8 @@ def _resumable_state(train_dir: Path, cfg: Config) -> dict[str, Any] | None:
     """The checkpoint of an interrupted retrain of the same config, None for a fresh start;
     a TuneHandError when `train_dir` holds a run of another config."""
     latest = train_dir / FILENAME
+    if train_dir.is_dir():
+        run_files(train_dir)  # finish or undo an epoch's commit that a kill cut short
     if not latest.exists():
         return None
     state = load_checkpoint(latest)
@@ -306,46 +308,3 @@ def _summary(out: Path, train_dir: Path, metrics: dict[str, Any]) -> dict[str, A
         "pa_mpjpe_mm": scores.get("pa_mpjpe_mm"), "pa_mpjpe_mm_no_tta": plain.get("pa_mpjpe_mm"),
         **{f"baseline_{name}_pa_mpjpe_mm": s.get("pa_mpjpe_mm") for name, s in baselines.items()},
     }
-
-
-# -- the command ---------------------------------------------------------------------------
-def cmd_retrain(args) -> int:
-    from .evaluation import format_scores
-
-    try:
-        summary = retrain(args.source, args.data, args.out, epochs=args.epochs, tta=args.tta,
-                          overrides=args.overrides)
-    except KeyboardInterrupt:
-        print(f"tune-hand: the same command resumes the retrain from {Path(args.out) / 'train'}", file=sys.stderr)
-        raise
-    metrics = json.loads(Path(summary["metrics"]).read_text())
-    if metrics["scores_available"]:
-        print(format_scores({**metrics["scores"], "tta": metrics["tta"], "baselines": metrics["baselines"]}),
-              file=sys.stderr)
-        if metrics["tta"] > 1:
-            print(format_scores({**metrics["scores_no_tta"], "tta": 1}).splitlines()[1], file=sys.stderr)
-    for key in ("note", "note_scores"):
-        if key in metrics:
-            print(f"{key}: {metrics[key]}", file=sys.stderr)
-    print(f"retrained trial {summary['trial_id']} for {summary['epochs']} epochs -> {summary['out']} "
-          f"(submission {summary['submission']})", file=sys.stderr)
-    print(json.dumps(summary))
-    return 0
-
-
-def add_command(sub: argparse._SubParsersAction) -> None:
-    """Add `retrain` to the `tune-hand` subparsers."""
-    p = sub.add_parser("retrain", help="retrain the best trial on training + validation and score it with rotation "
-                                       "averaging (metrics.json, submission.zip)")
-    p.add_argument("source", metavar="EXPERIMENT_DIR_OR_EXPORT",
-                   help="an experiment directory or bucket URI (its best trial is exported to OUT/best) or a directory "
-                        "written by `tune-hand best --export`")
-    p.add_argument("--data", required=True, help="dataset directory (FreiHAND layout)")
-    p.add_argument("--out", required=True, help="where the run, checkpoint, metrics and submission go; "
-                                                "rerunning with the same arguments resumes an interrupted retrain")
-    p.add_argument("--epochs", type=positive_int, help="training budget (default: the trial's optim.epochs); "
-                                                        "the LR milestones are rescaled to it")
-    p.add_argument("--tta", type=positive_int, help="rotation-averaging angles (default: eval.tta_rotations)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one value of the trial's config, e.g. --set train.device=cuda:1 (repeatable)")
-    p.set_defaults(func=cmd_retrain)

@@ -26,8 +26,9 @@ def should_log_images(epoch: int, total: int, every: int) -> bool:
 def prediction_images(model, batch: dict, device: torch.device, n: int = IMAGES) -> tuple[np.ndarray, np.ndarray]:
     """(a grid of n predictions over their images, the first image's heatmaps), both RGB uint8 HWC.
 
-    Root-relative models do not predict where the wrist is: their hands are drawn at the true wrist
-    (at the training set's mean wrist where the split has no ground truth, which is then not drawn).
+    Relative models do not predict where the hand is: root-relative hands are drawn at the true wrist,
+    centroid-relative ones at the true centroid (at the training set's mean wrist / centroid where the
+    split has no ground truth, which is then not drawn).
     """
     was_training = model.training
     model.eval()
@@ -38,6 +39,8 @@ def prediction_images(model, batch: dict, device: torch.device, n: int = IMAGES)
     gt = batch["xyz_mm"][:n].numpy().astype(np.float64) if bool(batch["has_xyz"][:n].all()) else None
     if model.target == "root_relative" and gt is not None:
         pred = pred - pred[:, :1] + gt[:, :1]
+    elif model.target == "centroid_relative" and gt is not None:
+        pred = pred - pred.mean(axis=1, keepdims=True) + gt.mean(axis=1, keepdims=True)
     tiles = prediction_tiles(images.permute(0, 2, 3, 1).numpy(), batch["K"][:n].numpy(), pred, gt)
     heat = heatmap_image({axis: h[0].float().cpu().numpy() for axis, h in heatmaps.items()})
     return contact_sheet(tiles, cols=4), heat

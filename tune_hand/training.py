@@ -13,6 +13,7 @@ points in millimetres. A non-finite loss ends the run at once with status "diver
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,10 +29,12 @@ from .data.cache import open_cache
 from .data.dataset import AugmentSampler, DeviceWarpLoader, HandPoseDataset, make_loader
 from .data.freihand import FreiHAND, coordinate_ranges, mean_root_mm, split_by_sample
 from .errors import CheckpointError, ConfigError
+from .losses import pa_loss
 from .metrics import pa_mpjpe_mm
-from .model.pose_net import build_model
+from .objective import DEFAULT_METRIC, Objective
+from .model import build_model
 
-PRIMARY_METRIC = "pa_mpjpe_mm"
+PRIMARY_METRIC = DEFAULT_METRIC  # what validation always reports, and the default objective
 
 
 @dataclass
@@ -68,11 +71,15 @@ def seed_everything(seed: int) -> None:
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               x: torch.Tensor, y: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """One optimisation step (MSE on the 3D points, mm); returns the loss without syncing."""
+               x: torch.Tensor, y: torch.Tensor, amp_dtype: torch.dtype | None,
+               pa_loss_weight: float = 0.0) -> torch.Tensor:
+    """One optimisation step (MSE on the 3D points, mm^2, plus pa_loss_weight x the Procrustes-aligned
+    squared error when it is > 0); returns the loss without syncing."""
     with torch.autocast(device_type=x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         pred = model(x)
     loss = F.mse_loss(pred.float(), y)
+    if pa_loss_weight > 0:
+        loss = loss + pa_loss_weight * pa_loss(pred.float(), y)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -83,7 +90,11 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
 class Trainer:
     """Owns the data, model, optimiser and schedule of one training run."""
 
-    def __init__(self, cfg: Config, data_dir: str | Path | None = None, *, train_on_val: bool = False):
+    def __init__(self, cfg: Config, data_dir: str | Path | None = None, *, train_on_val: bool = False,
+                 objective: Objective | None = None):
+        # What ranks the epochs (best_metric, best_epoch, best.pt): the sweep's objective for a trial,
+        # the paper's PA-MPJPE otherwise.
+        self.objective = objective or Objective.single(DEFAULT_METRIC, "min")
         self.cfg = cfg.copy().validate()
         data_dir = data_dir if data_dir is not None else cfg.data.dir
         if data_dir is None:
@@ -110,7 +121,7 @@ class Trainer:
         self.model = build_model(
             self.cfg,
             ranges_mm=torch.as_tensor(ranges, dtype=torch.float32),
-            mean_root_mm=torch.as_tensor(mean_root_mm(self.train_xyz_m), dtype=torch.float32),
+            mean_root_mm=torch.as_tensor(mean_root_mm(self.train_xyz_m, cfg.model.target), dtype=torch.float32),
         ).to(self.device)
         self.channels_last = cfg.train.channels_last
         if self.channels_last:
@@ -124,7 +135,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         self.epoch = 0
-        self.best_metric = math.inf
+        self.best_metric = self.objective.worst()
         self.best_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.status = "ok"
@@ -164,6 +175,8 @@ class Trainer:
         y = xyz_mm.to(self.device, non_blocking=True)
         if self.cfg.model.target == "root_relative":
             y = y - y[:, :1]
+        elif self.cfg.model.target == "centroid_relative":
+            y = y - y.mean(dim=1, keepdim=True)
         return y
 
     # -- one epoch -----------------------------------------------------------------------
@@ -179,7 +192,8 @@ class Trainer:
         for step, batch in enumerate(self.train_loader):
             x = self.to_input(batch["image"])
             y = self.targets(batch["xyz_mm"])
-            loss = train_step(self.step_model, self.optimizer, self.scaler, x, y, self.amp_dtype)
+            loss = train_step(self.step_model, self.optimizer, self.scaler, x, y, self.amp_dtype,
+                              self.cfg.optim.pa_loss_weight)
             loss_sum += loss.detach() * len(x)
             seen += len(x)
             if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum).item():
@@ -212,8 +226,8 @@ class Trainer:
                 if val and not math.isfinite(val[PRIMARY_METRIC]):
                     self.status = "diverged"  # finite loss, but eval-mode predictions blew up
             seconds = time.perf_counter() - start
-            metric = val.get(PRIMARY_METRIC, math.nan)
-            is_best = finite and math.isfinite(metric) and metric < self.best_metric
+            metric = {**val, "train_loss": loss}.get(self.objective.metric, math.nan)
+            is_best = finite and self.objective.better(metric, self.best_metric)
             if is_best:
                 self.best_metric, self.best_epoch = metric, self.epoch
             result = EpochResult(
@@ -241,23 +255,50 @@ class Trainer:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue the run a checkpoint saved: weights, optimiser, schedule, epoch count."""
+        """Continue the run a checkpoint saved: its weights, optimiser moments, epoch count and
+        best so far; the hyperparameters (learning rate, weight decay, milestones, gamma) come
+        from THIS trainer's config, not the checkpoint's.
+
+        So a scheduler that changes a trial's hyperparameters between epochs (PBT) resumes the
+        trial under the new values. The learning rate is recomputed the way MultiStepLR would
+        have stepped it from epoch 0 under this config (the same float operations, so a plain
+        resume continues bit-identically).
+        """
         saved = Config.from_dict(state["config"], source="checkpoint")
         if _architecture(saved) != _architecture(self.cfg):
             raise CheckpointError("checkpoint: its model config differs from this run's "
                                   f"({_architecture(saved)} vs {_architecture(self.cfg)}); resume with the same config")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict(state["scheduler"])  # its counters; the values are replaced below
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
+        self._apply_hyperparameters()
         self.status = state.get("status", "ok")
-        self.best_metric = float(state.get("best_metric", math.inf))
+        self.best_metric = float(state.get("best_metric", self.objective.worst()))
         self.best_epoch = int(state.get("best_epoch", 0))
         self.history = list(state.get("history", []))
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
+
+
+    def _apply_hyperparameters(self) -> None:
+        """Set the optimiser's and the schedule's hyperparameters from self.cfg at self.epoch."""
+        optim = self.cfg.optim
+        lr = optim.lr
+        # MultiStepLR's own update, replayed: at each milestone passed, lr * gamma ** (times listed).
+        counts = collections.Counter(optim.milestones)
+        for milestone in sorted(counts):
+            if milestone <= self.epoch:
+                lr = lr * optim.gamma ** counts[milestone]
+        for group in self.optimizer.param_groups:
+            group.update(lr=lr, initial_lr=optim.lr, weight_decay=optim.weight_decay)
+        self.scheduler.milestones = counts
+        self.scheduler.gamma = optim.gamma
+        self.scheduler.base_lrs = [optim.lr for _ in self.optimizer.param_groups]
+        self.scheduler.last_epoch = self.epoch
+        self.scheduler._last_lr = [lr for _ in self.optimizer.param_groups]
 
 
 def _architecture(cfg: Config) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..config import AugmentConfig
-from ..errors import DataError
+from ..errors import DataError, TuneHandError
 from .augment import LUMA, AugmentParams, antialias_sigma, apply, geometry, jitter_matrix, sample_params
 from .cache import DecodedCache
 from .freihand import FreiHAND
@@ -249,9 +249,32 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, num_workers:
     """
     if num_workers > 0:
         cv2.setNumThreads(1)
-    return torch.utils.data.DataLoader(
+    return _OneLineErrorsLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
         num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory)
+
+
+class _OneLineErrorsLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers' TuneHandErrors reach the caller as they were raised: one line.
+
+    torch re-raises a worker's exception in the main process as `type(err)(text)`, where text is "Caught
+    DataError in DataLoader worker process 0.", then the worker's whole traceback, whose last line is
+    "tune_hand.errors.DataError: <the message>". This gives back the message alone.
+    """
+
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        except TuneHandError as e:
+            if "\n" not in str(e):
+                raise
+            raise type(e)(worker_error_message(e)) from None
+
+
+def worker_error_message(err: Exception) -> str:
+    """The original one-line message of an exception torch re-raised from a DataLoader worker."""
+    last = str(err).rstrip().splitlines()[-1]
+    return last.removeprefix(f"{type(err).__module__}.{type(err).__qualname__}: ")
 
 
 class AugmentSampler(torch.utils.data.Sampler):

@@ -29,6 +29,7 @@ from ..errors import DataError
 
 SPLITS = ("training", "evaluation")
 NUM_JOINTS = 21
+MIN_IMAGE_SIDE = 32  # smaller images are refused: nothing of a hand is left to learn from
 _IMAGE_NAME = re.compile(r"^(\d{8})\.jpg$")
 
 
@@ -105,12 +106,24 @@ class FreiHAND:
         return self.rgb_dir / f"{self._check_index(i):08d}.jpg"
 
     def read_image(self, i: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB, decoded straight to RGB (no BGR -> RGB pass)."""
-        image = cv2.imread(f"{self._rgb_prefix}{self._check_index(i):08d}.jpg", cv2.IMREAD_COLOR_RGB)
+        """(H, W, 3) uint8 RGB, decoded straight to RGB (no BGR -> RGB pass). A missing, empty, truncated,
+        corrupt or tiny image is a one-line DataError naming the file."""
+        path = f"{self._rgb_prefix}{self._check_index(i):08d}.jpg"
+        try:
+            data = np.fromfile(path, np.uint8)  # then decode: as fast as cv2.imread, and the bytes are checked
+        except FileNotFoundError:
+            raise DataError(f"{path}: missing") from None
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror})") from None
+        # A truncated JPEG decodes (grey below the cut) with a warning on stderr: refuse it before decoding.
+        problem = jpeg_problem(len(data), data[:2].tobytes(), data[-32:].tobytes())
+        image = None if problem else cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)
         if image is None:
-            path = self.image_path(i)
-            why = "unreadable (not a JPEG image, or corrupt)" if path.exists() else "missing"
-            raise DataError(f"{path}: {why}")
+            problem = f"unreadable ({problem or 'corrupt JPEG: it does not decode'})"
+        else:
+            problem = image_size_problem(image.shape[1], image.shape[0])
+        if problem:
+            raise DataError(f"{path}: {problem}; replace it with an intact copy")
         return image
 
     def __getitem__(self, i: int) -> Sample:
@@ -134,6 +147,24 @@ class FreiHAND:
     def __repr__(self) -> str:
         return (f"FreiHAND({str(self.root)!r}, {self.split!r}: {self.num_images} images, "
                 f"{self.num_unique} annotations, has_xyz={self.has_xyz})")
+
+
+def jpeg_problem(size: int, head: bytes, tail: bytes) -> str | None:
+    """What is wrong with a JPEG file of `size` bytes that starts with `head` (2+ bytes) and ends with `tail`,
+    from its markers alone (start of image FFD8, end of image FFD9; zero padding after it is allowed)."""
+    if size == 0:
+        return "empty file, 0 bytes"
+    if not head.startswith(b"\xff\xd8"):
+        return "not a JPEG image"
+    if not tail.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return "truncated JPEG: no end-of-image marker"
+    return None
+
+
+def image_size_problem(width: int, height: int) -> str | None:
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return f"{width}x{height} pixels, too small for a hand image (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE})"
+    return None
 
 
 # -- split and coordinate ranges ---------------------------------------------------------
@@ -164,12 +195,15 @@ def split_by_sample(num_images: int, num_unique: int, val_fraction: float, seed:
 
 
 def target_points_mm(xyz_m: np.ndarray, target: str) -> np.ndarray:
-    """The model's targets in mm: camera-frame points, or points minus the wrist (joint 0)."""
+    """The model's targets in mm (..., 21, 3): camera-frame points, points minus the wrist (joint 0),
+    or points minus the centroid of the 21 joints."""
     if target not in TARGETS:
         raise ValueError(f"target {target!r}: must be one of {', '.join(TARGETS)}")
     xyz = np.asarray(xyz_m, dtype=np.float64)
     if target == "root_relative":
         xyz = xyz - xyz[..., :1, :]
+    elif target == "centroid_relative":
+        xyz = xyz - xyz.mean(axis=-2, keepdims=True)
     return xyz * 1000.0
 
 
@@ -191,9 +225,15 @@ def coordinate_ranges(xyz_m: np.ndarray, target: str, margin: float) -> np.ndarr
     return np.stack([lo, hi], axis=1)
 
 
-def mean_root_mm(xyz_m: np.ndarray) -> np.ndarray:
-    """(3,) mean wrist position in mm; root-relative predictions are placed there for unaligned metrics."""
-    return np.asarray(xyz_m, dtype=np.float64)[:, 0].mean(axis=0) * 1000.0
+def mean_root_mm(xyz_m: np.ndarray, target: str = "root_relative") -> np.ndarray:
+    """(3,) mean in mm of the point a relative target is measured from: the wrist (root_relative, and
+    camera, whose models never use it) or the 21-joint centroid (centroid_relative). `PoseNet.to_camera`
+    places relative predictions there for unaligned metrics and submissions."""
+    if target not in TARGETS:
+        raise ValueError(f"target {target!r}: must be one of {', '.join(TARGETS)}")
+    xyz = np.asarray(xyz_m, dtype=np.float64)
+    origin = xyz.mean(axis=1) if target == "centroid_relative" else xyz[:, 0]
+    return origin.mean(axis=0) * 1000.0
 
 
 # -- validation helpers ------------------------------------------------------------------
@@ -221,6 +261,8 @@ def _load_json(path: Path):
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to be FreiHAND annotations") from None
 
 
 def _load_array(path: Path, item_shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -291,12 +333,20 @@ def _check_positive(values: np.ndarray, path: Path, what: str) -> None:
         raise DataError(f"{path}: entry {i} has {what} {values[i]:g}; it must be positive")
 
 
+MAX_JOINT_M = 1000.0  # a hand photographed from over 1 km: not FreiHAND (labels in mm are `inspect`'s hint)
+
+
 def _check_depth(xyz: np.ndarray, path: Path) -> None:
     bad = xyz[..., 2] <= 0
     if bad.any():
         i, j = (int(v) for v in np.argwhere(bad)[0])
         raise DataError(f"{path}: entry {i} joint {j} has z = {xyz[i, j, 2]:g} m; joints must lie in front of the "
                         "camera (z > 0, camera frame, metres)")
+    far = np.abs(xyz).max(axis=-1) > MAX_JOINT_M
+    if far.any():
+        i, j = (int(v) for v in np.argwhere(far)[0])
+        raise DataError(f"{path}: entry {i} joint {j} is at {xyz[i, j].tolist()} m, over {MAX_JOINT_M:g} m from the "
+                        "camera; the labels must be in metres (camera frame)")
 
 
 def _count_images(rgb_dir: Path, n: int, split: str, k_path: Path) -> int:

@@ -1,19 +1,21 @@
 """`tune-hand inspect DATA`: what a FreiHAND directory holds, and what looks wrong with it.
 
-Fatal problems (no training split, broken annotations, missing images) raise `DataError` from the
-reader. Findings a run can live with (no evaluation split, images not 224x224, joints far outside the
+Fatal problems (no training split, broken annotations, missing images, a training image that is empty,
+truncated, not a JPEG or tiny) raise `DataError` naming the file. Every image's header is read (its frame
+size and end marker: a few hundred bytes a file, no decoding). Findings a run can live with (no evaluation split, images not 224x224, joints far outside the
 image) are listed under "problems" so a user sees them before spending GPU hours.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
 from ..geometry import project
-from .freihand import FreiHAND, coordinate_ranges
+from .freihand import FreiHAND, coordinate_ranges, image_size_problem, jpeg_problem
 
 RELEASE_IMAGE_SIZE = 224
 _OUTSIDE_TOLERANCE = 0.05  # fraction of joints projecting outside the image before it is reported
@@ -24,7 +26,8 @@ def inspect_dataset(root: str | Path) -> dict:
     root = Path(root)
     train = FreiHAND(root, "training")
     problems: list[str] = []
-    height, width = train.read_image(0).shape[:2]
+    (width, height), mixed = _check_images(train)
+    problems += [f"training images differ in size: {mixed}"] if mixed else []
     if (height, width) != (RELEASE_IMAGE_SIZE, RELEASE_IMAGE_SIZE):
         problems.append(f"training images are {width}x{height}, not {RELEASE_IMAGE_SIZE}x{RELEASE_IMAGE_SIZE} "
                         "like the release" + ("" if height == width else "; augmentation needs square images"))
@@ -38,6 +41,8 @@ def inspect_dataset(root: str | Path) -> dict:
         try:
             evaluation = FreiHAND(root, "evaluation")
             eval_images, eval_has_xyz = evaluation.num_images, evaluation.has_xyz
+            _, mixed = _check_images(evaluation)
+            problems += [f"evaluation images differ in size: {mixed}"] if mixed else []
         except DataError as e:  # training still works; say what is wrong with the evaluation split
             problems.append(f"evaluation split unusable: {e}")
 
@@ -56,6 +61,66 @@ def inspect_dataset(root: str | Path) -> dict:
         "optional_files": train.optional,
         "problems": problems,
     }
+
+
+def _check_images(reader: FreiHAND) -> tuple[tuple[int, int], str | None]:
+    """((width, height) of image 0, the first image of another size or None), from every image's header; a
+    DataError names the first bad file (empty, truncated, not a JPEG, tiny)."""
+    first, mixed = None, None
+    for i in range(len(reader)):
+        size = jpeg_size(reader.image_path(i))
+        first = first or size
+        if size != first and mixed is None:
+            mixed = f"{reader.image_path(i)} is {size[0]}x{size[1]}, image 0 {first[0]}x{first[1]}"
+    return first, mixed
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers
+
+
+def jpeg_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a JPEG from its frame header, checking its start and end markers, without decoding
+    it; anything wrong is a one-line DataError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(2)
+            f.seek(max(size - 32, 0))
+            problem = jpeg_problem(size, head, f.read())
+            if problem is None:
+                f.seek(2)
+                frame = _frame_size(f)
+                problem = "corrupt JPEG: no frame header" if frame is None else None
+            problem = f"unreadable ({problem})" if problem else image_size_problem(*frame)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if problem:
+        raise DataError(f"{path}: {problem}; replace it with an intact copy")
+    return frame
+
+
+def _frame_size(f) -> tuple[int, int] | None:
+    """Walk the marker segments after SOI to the first SOF; None if the scan (or the end) comes first."""
+    while True:
+        byte = f.read(1)
+        if byte != b"\xff":
+            return None  # segments follow one another; anything else is corrupt
+        marker = f.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = f.read(1)
+        if not marker or marker[0] in (0xD9, 0xDA):
+            return None
+        if marker[0] == 0x01 or 0xD0 <= marker[0] <= 0xD7:  # markers without a length
+            continue
+        length = int.from_bytes(f.read(2), "big")
+        if marker[0] in _SOF:
+            frame = f.read(5)  # precision, height, width
+            if len(frame) < 5:
+                return None
+            return int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big")
+        if length < 2:
+            return None
+        f.seek(length - 2, 1)
 
 
 def _plausibility(train: FreiHAND, width: int, height: int) -> list[str]:

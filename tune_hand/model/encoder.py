@@ -22,6 +22,7 @@ from efficientnet_pytorch import EfficientNet
 from efficientnet_pytorch.utils import url_map
 from torch import nn
 
+from ..config import ModelConfig
 from ..errors import TuneHandError
 
 # Built (for the parameter count and strict weight loading) but never run.
@@ -71,6 +72,16 @@ class EfficientNetEncoder(nn.Module):
         for idx, block in enumerate(self._blocks):
             x = block(x, drop_connect_rate=self.drop_connect_rate * idx / n)
         return x
+
+
+def build_encoder(cfg: ModelConfig, image_size: int) -> EfficientNetEncoder:
+    """The encoder of model config `cfg` for `image_size` inputs, randomly initialised.
+
+    `load_imagenet_weights` fills it with ImageNet weights (`build_model` does, per
+    `model.pretrained`).
+    """
+    return EfficientNetEncoder(cfg.encoder, image_size, bn_momentum=cfg.encoder_bn_momentum,
+                               width_coefficient=cfg.width_coefficient, depth_coefficient=cfg.depth_coefficient)
 
 
 def hub_weights_path(name: str) -> Path:

@@ -12,14 +12,12 @@ activations, squeeze-excitation gating, means, softmax), which is small here.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config
+from .build import build_model
 from .encoder import UNUSED_PREFIXES
-from .pose_net import PoseNet
 
 NOTE = ("The paper's 19.5M (b4) / 5.4M (b0) count efficientnet-pytorch's conv_head and its "
         "BatchNorm (0.81M for b4, 0.41M for b0), which are built (so ImageNet weights load "
@@ -33,9 +31,10 @@ def model_info(cfg: Config, image_size: int = 224) -> dict:
     params_unused, params_used, macs, macs_encoder, macs_decoder, heatmap_bins, encoder,
     image_size, note.
     """
-    model_cfg = dataclasses.replace(cfg.model, pretrained=False)
+    sized = cfg.copy()
+    sized.data.image_size = image_size
     with torch.device("meta"):
-        model = PoseNet(model_cfg, image_size).eval()
+        model = build_model(sized, pretrained=False).eval()
 
     def count(module: torch.nn.Module, prefix_filter=None) -> int:
         return sum(p.numel() for name, p in module.named_parameters()

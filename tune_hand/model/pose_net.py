@@ -1,13 +1,13 @@
-"""PoseNet: the front door to the model. Images in [0, 1] -> 21 3D keypoints in mm.
+"""PoseNet: the model. Images in [0, 1] -> 21 3D keypoints in mm.
 
-    model = build_model(cfg, ranges_mm=ranges, mean_root_mm=mean_root)   # ImageNet weights per cfg
+    model = build_model(cfg, ranges_mm=ranges, mean_root_mm=mean_root)   # tune_hand.model.build
     pred = model(images)                  # (B, 21, 3) mm in cfg.model.target's frame
     xyz = model.to_camera(pred)           # camera frame, for unaligned metrics and submissions
 
 Everything a checkpoint needs to reproduce predictions is a buffer in the state_dict: the
 per-axis heatmap ranges, the training set's mean wrist (for root-relative targets) and the
-input normalisation. So evaluation rebuilds `PoseNet(cfg.model, image_size)` (random init,
-no ImageNet file needed) and loads the checkpoint's state_dict over it.
+input normalisation. So evaluation rebuilds it with `build_model(cfg, pretrained=False)` (random
+init, no ImageNet file needed) and loads the checkpoint's state_dict over it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import Config, ModelConfig
+from ..config import ModelConfig
 from ..errors import ConfigError
 from .decoder import NUM_JOINTS, HeatmapDecoder, bins_to_range
-from .encoder import EfficientNetEncoder, load_imagenet_weights
+from .encoder import build_encoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,8 +33,9 @@ class PoseNet(nn.Module):
         ranges_mm: (3, 2) per-axis (lo, hi) that heatmap bins 0 and H-1 map to, in the target
             frame; None gives a [-1, 1] placeholder to be set from the training data
             (`set_frame`) before training.
-        mean_root_mm: (3,) the training set's mean wrist in the camera frame; `to_camera`
-            adds it to root-relative predictions. None gives zeros.
+        mean_root_mm: (3,) the training set's mean origin of the target frame in the camera
+            frame (the wrist for root_relative, the 21-joint centroid for centroid_relative);
+            `to_camera` adds it to relative predictions. None gives zeros.
     """
 
     def __init__(self, cfg: ModelConfig, image_size: int, ranges_mm: torch.Tensor | None = None,
@@ -43,9 +44,7 @@ class PoseNet(nn.Module):
         self.target = cfg.target
         self.image_size = image_size
         self.heatmap_bins = (image_size // 32) * 2**cfg.blocks
-        self.encoder = EfficientNetEncoder(cfg.encoder, image_size, bn_momentum=cfg.encoder_bn_momentum,
-                                           width_coefficient=cfg.width_coefficient,
-                                           depth_coefficient=cfg.depth_coefficient)
+        self.encoder = build_encoder(cfg, image_size)
         self.decoder = HeatmapDecoder(self.encoder.out_channels, channels=cfg.channels, blocks=cfg.blocks,
                                       separable=cfg.separable, separable_order=cfg.separable_order,
                                       kernel_size=cfg.kernel_size, split_z=cfg.split_z)
@@ -63,7 +62,7 @@ class PoseNet(nn.Module):
 
     @torch.no_grad()
     def set_frame(self, ranges_mm: torch.Tensor | None = None, mean_root_mm: torch.Tensor | None = None) -> None:
-        """Set the heatmap ranges (3, 2) and/or the mean wrist (3,) from the training data."""
+        """Set the heatmap ranges (3, 2) and/or the mean origin (3,): wrist or centroid, from the training data."""
         if ranges_mm is not None:
             ranges = torch.as_tensor(ranges_mm, dtype=torch.float32)
             if ranges.shape != (3, 2) or not torch.isfinite(ranges).all() or not (ranges[:, 0] < ranges[:, 1]).all():
@@ -92,9 +91,10 @@ class PoseNet(nn.Module):
     def to_camera(self, pred: torch.Tensor) -> torch.Tensor:
         """Predictions (..., 21, 3) in the target frame -> camera-frame mm.
 
-        Identity for 'camera'. For 'root_relative' it adds the TRAINING SET's mean wrist: the
-        model never sees the true wrist position, so unaligned metrics (mpjpe) and submission
-        files made from root-relative models carry that constant guess. Aligned metrics
+        Identity for 'camera'. For 'root_relative' it adds the TRAINING SET's mean wrist, for
+        'centroid_relative' its mean 21-joint centroid (both held in the `mean_root_mm` buffer):
+        the model never sees where the hand is, so unaligned metrics (mpjpe) and submission
+        files made from relative models carry that constant guess. Aligned metrics
         (pa_mpjpe, FreiHAND-aligned, AUC) are unaffected by the translation.
         """
         if pred.shape[-2:] != (NUM_JOINTS, 3):
@@ -102,17 +102,3 @@ class PoseNet(nn.Module):
         if self.target == "camera":
             return pred
         return pred + self.mean_root_mm.to(device=pred.device, dtype=pred.dtype)
-
-
-def build_model(cfg: Config, ranges_mm: torch.Tensor | None = None,
-                mean_root_mm: torch.Tensor | None = None) -> PoseNet:
-    """A PoseNet for `cfg`, with ImageNet weights loaded into the encoder when model.pretrained.
-
-    Raises a one-line TuneHandError if the weights file is missing or foreign (see
-    `encoder.load_imagenet_weights`). To load a checkpoint instead, build `PoseNet(...)`
-    directly and load its state_dict: no ImageNet file is needed for that.
-    """
-    model = PoseNet(cfg.model, cfg.data.image_size, ranges_mm=ranges_mm, mean_root_mm=mean_root_mm)
-    if cfg.model.pretrained:
-        load_imagenet_weights(model.encoder, cfg.model.weights)
-    return model

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import TuneHandError
+from ..errors import TuneHandError
 
 CHUNK = 8 << 20  # bytes per read when copying a large object
 FETCH_THREADS = 16  # small files are latency-bound (one GET each): fetch many at once

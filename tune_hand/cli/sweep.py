@@ -1,17 +1,15 @@
-"""The sweep subcommands of `tune-hand`: search, resume, status, best, report, retrain.
+"""`tune-hand search`, `resume`, `trust`, `status`, `best` and `report`: a sweep from start to its best trial.
 
     tune-hand search quick --data data/ --name q1 --storage sweeps --set model.channels=8
     tune-hand resume sweeps/q1
+    tune-hand trust sweeps/old          # sign a sweep written before tune-hand signed its state
     tune-hand status sweeps/q1 [--json]
     tune-hand best sweeps/q1 --export best/
-    tune-hand retrain sweeps/q1 --data data/ --out final/ [--epochs E] [--tta N]
     tune-hand report sweeps/q1 --out report/ [--retrain final/]
 
 Every EXPERIMENT may be a bucket URI as well (`tune-hand search ... --storage s3://bkt/sweeps`,
-then `tune-hand status s3://bkt/sweeps/q1`); see `tune_hand.storage` for endpoints.
-
-Wired into the main parser by `add_commands(sub)`; each command is a thin shell over
-`tune_hand.sweep`. Ray is imported only by `search` and `resume`.
+then `tune-hand status s3://bkt/sweeps/q1`); see `tune_hand.sweep.storage` for endpoints.
+Each command is a thin shell over `tune_hand.sweep`; Ray is imported only by `search` and `resume`.
 """
 
 from __future__ import annotations
@@ -20,37 +18,50 @@ import argparse
 import json
 import sys
 
+from .common import positive_int
+
 
 def cmd_search(args) -> int:
-    from .sweep import DEFAULT_STORAGE, run_search
+    from ..sweep import DEFAULT_STORAGE, run_search
 
     info = run_search(args.spec, args.data, storage=args.storage or DEFAULT_STORAGE, name=args.name,
-                      address=args.address, samples=args.samples, overrides=args.overrides)
+                      address=args.address, samples=args.samples, overrides=args.overrides, key_file=args.key_file)
     _print_summary(info)
     return _exit_code(info)
 
 
 def cmd_resume(args) -> int:
-    from .sweep import resume_search
+    from ..sweep import resume_search
 
-    info = resume_search(args.experiment, address=args.address, data_dir=args.data)
+    info = resume_search(args.experiment, address=args.address, data_dir=args.data, key_file=args.key_file)
     _print_summary(info)
     return _exit_code(info)
 
 
+def cmd_trust(args) -> int:
+    from ..sweep.experiment import exp_path
+    from ..sweep.signing import trust_experiment
+
+    signed = trust_experiment(exp_path(args.experiment), key_file=args.key_file)
+    print(json.dumps({"experiment": args.experiment, "signed": signed}))
+    return 0
+
+
 def cmd_status(args) -> int:
-    from .sweep import load_status
+    from ..sweep import load_status
 
     status = load_status(args.experiment)
     if args.json:
         print(json.dumps(status, indent=2))
     else:
+        from ..sweep.results import format_status
+
         print(format_status(status))
     return 0
 
 
 def cmd_best(args) -> int:
-    from .sweep import export_best
+    from ..sweep import export_best
 
     out = export_best(args.experiment, args.export, overwrite=args.overwrite)
     print(f"best trial {out['trial_id']}: {out['metric']}={out['value']:.3f} at epoch {out['epoch']} "
@@ -60,7 +71,7 @@ def cmd_best(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    from ..report import build_report
 
     out = build_report(args.experiment, args.out, retrain_dir=args.retrain, data_dir=args.data,
                        images=args.images, overwrite=args.overwrite)
@@ -99,62 +110,54 @@ def _print_summary(info) -> None:
     print(json.dumps(info.to_dict()))
 
 
-def format_status(status: dict) -> str:
-    """A table of trials, best first, then the best trial-epoch."""
-    trials = status["trials"]
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t["state"]] = counts.get(t["state"], 0) + 1
-    lines = [f"{status['experiment']}: spec {status['spec_name']} (hash {status['spec_hash']}), "
-             f"{status['metric']} ({status['mode']}), {len(trials)}/{status['num_samples']} trials: "
-             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
-    sign = 1 if status["mode"] == "min" else -1
-    order = sorted(trials, key=lambda t: (t["best_metric"] is None, sign * (t["best_metric"] or 0)))
-    lines.append(f"{'trial':<10} {'state':<14} {'epochs':>7} {'best':>9}  params")
-    for t in order:
-        metric = "-" if t["best_metric"] is None else f"{t['best_metric']:.3f}"
-        params = " ".join(f"{k}={_short(v)}" for k, v in t["config"].items() if k in status.get("space", ()))
-        lines.append(f"{t['trial_id']:<10} {t['state']:<14} {t['epochs']:>3}/{status['max_epochs']:<3} "
-                     f"{metric:>9}  {params}")
-    best = status["best"]
-    if best:
-        lines.append(f"best: {best['trial_id']} {status['metric']}={best['best_metric']:.3f} "
-                     f"at epoch {best['best_epoch']}")
-    return "\n".join(lines)
+def _experiment_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment directory or bucket URI (STORAGE/NAME)")
 
 
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+def _key_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-file", metavar="FILE",
+                   help="the key that signs the sweep's state, mode 0600 (default: $TUNE_HAND_KEY_FILE, else "
+                        "~/.config/tune-hand/key, made on first use); a resume needs the key the sweep was signed with")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add search, resume, status and best to the `tune-hand` subparsers."""
+    """Add search, resume, trust, status, best and report to the `tune-hand` subparsers."""
     p = sub.add_parser("search", help="run a hyperparameter sweep (Ray Tune + Optuna TPE + ASHA)")
     p.add_argument("spec", help="sweep spec YAML or a shipped spec (paper, quick)")
     p.add_argument("--data", required=True, help="dataset directory (FreiHAND layout), readable on every node")
     p.add_argument("--name", help="experiment name (default: SPEC-date-time)")
     p.add_argument("--storage", help="where experiments live: a directory, NFS path or bucket URI such as "
                                      "s3://bucket/sweeps (default: ./sweeps)")
-    p.add_argument("--address", help="a running Ray cluster (default: start a local Ray on this machine)")
+    p.add_argument("--address", help="a running Ray cluster (`auto`: the one this machine belongs to; default: a new "
+                                     "private Ray on this machine, stopped at the end)")
     p.add_argument("--samples", type=positive_int, help="override the spec's num_samples")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="pin a trial config value for every trial, e.g. --set model.channels=64 (repeatable; "
                         "a searched key stops being searched)")
+    _key_file_arg(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("resume", help="continue an interrupted sweep from its experiment directory")
-    p.add_argument("experiment", help="experiment directory or bucket URI (STORAGE/NAME)")
-    p.add_argument("--address", help="a running Ray cluster (default: start a local Ray)")
+    _experiment_arg(p)
+    p.add_argument("--address", help="a running Ray cluster (`auto`: the one this machine belongs to; default: a new "
+                                     "private Ray on this machine)")
     p.add_argument("--data", help="dataset directory, if it moved since the search started")
+    _key_file_arg(p)
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("trust", help="sign a sweep's state files as they are now (a sweep written before tune-hand "
+                                     "signed them); only for a sweep you wrote")
+    _experiment_arg(p)
+    _key_file_arg(p)
+    p.set_defaults(func=cmd_trust)
+
     p = sub.add_parser("status", help="trials of a sweep and the best so far, from its storage (no Ray needed)")
-    p.add_argument("experiment", help="experiment directory or bucket URI (STORAGE/NAME)")
+    _experiment_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON: {trials: [...], best: {...}}")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("best", help="export the best trial's best-epoch checkpoint and config")
-    p.add_argument("experiment", help="experiment directory or bucket URI (STORAGE/NAME)")
+    _experiment_arg(p)
     p.add_argument("--export", required=True, metavar="DIR",
                    help="write config.yaml, checkpoint.pt, metrics.json, provenance.json here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
@@ -162,25 +165,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="an HTML page + PNGs of a sweep (history, importances, ASHA, predictions), "
                                       "from its storage (no Ray needed)")
-    p.add_argument("experiment", help="experiment directory or bucket URI (STORAGE/NAME)")
+    _experiment_arg(p)
     p.add_argument("--out", required=True, metavar="DIR", help="write index.html and the PNGs here")
     p.add_argument("--retrain", metavar="DIR", help="a `tune-hand retrain` output: adds the rotation-averaging gain")
     p.add_argument("--data", help="dataset for the prediction grid (default: the sweep's)")
     p.add_argument("--images", type=positive_int, default=12, help="evaluation images in the prediction grid")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     p.set_defaults(func=cmd_report)
-
-    from .retrain import add_command as add_retrain
-
-    add_retrain(sub)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return value
-
