@@ -49,8 +49,10 @@ from tune_hand.training import Trainer
 
 
 
-def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str) -> None:
-    """Run one trial: build its Config, resume if Ray has a checkpoint, report every epoch."""
+def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str,
+                    continue_from: dict[str, dict[str, Any]] | None = None) -> None:
+    """Run one trial: build its Config, resume if Ray has a checkpoint (or, for a trial a fork
+    continues, from the parent trial's: `continue_from`, by config digest), report every epoch."""
     # Ray logs every reported checkpoint at INFO; the driver's live table says what matters.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
@@ -66,6 +68,8 @@ def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.restore(load_checkpoint(Path(d) / FILENAME))
+    elif continue_from and cfg.digest() in continue_from:
+        _continue(trainer, continue_from[cfg.digest()])
 
     trial_dir = tune.get_context().get_trial_dir()  # None when called outside a Tuner (tests)
     for result in trainer.epochs():
@@ -87,6 +91,30 @@ def train_hand_pose(config: dict[str, Any], spec: dict[str, Any], data_dir: str)
         with tempfile.TemporaryDirectory(prefix="tune_hand_ckpt_") as tmp:
             save_checkpoint(Path(tmp) / FILENAME, trainer.state_dict())
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+# Ray's own fields of a result row: not replayed (Ray sets them for the new report).
+_RAY_FIELDS = {"trial_id", "timestamp", "time_this_iter_s", "time_total_s", "training_iteration", "date", "pid",
+               "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
+               "done", "config", "experiment_tag", "should_checkpoint", "node_id", "cuda_visible_devices"}
+
+
+def _continue(trainer: Trainer, entry: dict[str, Any]) -> None:
+    """A fork's continued trial (`tune_hand.sweep.fork`): report the parent's epochs again
+    (marked `replayed_from`, so schedulers and Optuna see the whole curve and the epoch count
+    matches Ray's iteration count), the last with the parent's checkpoint, then go on training
+    from that checkpoint under this trial's config (its LR milestones placed on the new budget)."""
+    from tune_hand.sweep.storage import fetch_file
+
+    with tempfile.TemporaryDirectory(prefix="tune_hand_ckpt_") as tmp:
+        path = fetch_file(entry["checkpoint"], Path(tmp) / FILENAME)
+        trainer.restore(load_checkpoint(path))
+        rows = entry["rows"]
+        for i, row in enumerate(rows):
+            metrics = {k: v for k, v in row.items() if k not in _RAY_FIELDS}
+            metrics["replayed_from"] = entry["origin"]
+            last = i == len(rows) - 1
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp) if last else None)
 
 
 def _check_data_visible(data_dir: str, node_id: str) -> None:

@@ -1,7 +1,8 @@
 """`tune-hand search`, `resume`, `trust`, `status`, `best` and `report`: a sweep from start to its best trial.
 
     tune-hand search quick --data data/ --name q1 --storage sweeps --set model.channels=8
-    tune-hand resume sweeps/q1
+    tune-hand resume sweeps/q1 [--budget-hours 2]
+    tune-hand fork sweeps/q1 --name q2 --samples 12 [--epochs 8] [--spec other.yaml]
     tune-hand trust sweeps/old          # sign a sweep written before tune-hand signed its state
     tune-hand status sweeps/q1 [--json]
     tune-hand best sweeps/q1 --export best/
@@ -25,7 +26,8 @@ def cmd_search(args) -> int:
     from ..sweep import DEFAULT_STORAGE, run_search
 
     info = run_search(args.spec, args.data, storage=args.storage or DEFAULT_STORAGE, name=args.name,
-                      address=args.address, samples=args.samples, overrides=args.overrides, key_file=args.key_file)
+                      address=args.address, samples=args.samples, overrides=args.overrides, key_file=args.key_file,
+                      budget_hours=args.budget_hours)
     _print_summary(info)
     return _exit_code(info)
 
@@ -33,7 +35,18 @@ def cmd_search(args) -> int:
 def cmd_resume(args) -> int:
     from ..sweep import resume_search
 
-    info = resume_search(args.experiment, address=args.address, data_dir=args.data, key_file=args.key_file)
+    info = resume_search(args.experiment, address=args.address, data_dir=args.data, key_file=args.key_file,
+                         budget_hours=args.budget_hours)
+    _print_summary(info)
+    return _exit_code(info)
+
+
+def cmd_fork(args) -> int:
+    from ..sweep.fork import fork_search
+
+    info = fork_search(args.experiment, args.name, spec=args.spec, samples=args.samples, epochs=args.epochs,
+                       overrides=args.overrides, storage=args.storage, address=args.address, data_dir=args.data,
+                       key_file=args.key_file, budget_hours=args.budget_hours)
     _print_summary(info)
     return _exit_code(info)
 
@@ -120,6 +133,12 @@ def _key_file_arg(p: argparse.ArgumentParser) -> None:
                         "~/.config/tune-hand/key, made on first use); a resume needs the key the sweep was signed with")
 
 
+def _budget_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget-hours", type=float, metavar="H",
+                   help="stop the sweep after H resource-hours (GPU-hours when trials hold GPUs, else CPU-hours): "
+                        "no new trial starts, running ones end at their next epoch; `resume --budget-hours` raises it")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add search, resume, trust, status, best and report to the `tune-hand` subparsers."""
     p = sub.add_parser("search", help="run a hyperparameter sweep (Ray Tune + Optuna TPE + ASHA)")
@@ -135,6 +154,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="pin a trial config value for every trial, e.g. --set model.channels=64 (repeatable; "
                         "a searched key stops being searched)")
     _key_file_arg(p)
+    _budget_arg(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("resume", help="continue an interrupted sweep from its experiment directory")
@@ -143,7 +163,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                      "private Ray on this machine)")
     p.add_argument("--data", help="dataset directory, if it moved since the search started")
     _key_file_arg(p)
+    _budget_arg(p)
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("fork", help="a new experiment from an old one: warm-started study, unchanged finished trials "
+                                    "carried, --epochs continues finished trials from their checkpoints")
+    _experiment_arg(p)
+    p.add_argument("--name", required=True, help="the new experiment's name (one path segment)")
+    p.add_argument("--spec", help="a new spec (default: the old experiment's own)")
+    p.add_argument("--samples", type=positive_int, help="num_samples of the new experiment (carried trials count)")
+    p.add_argument("--epochs", type=positive_int, help="a larger epoch budget: finished trials go on to it")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="pin a trial config value (a changed fixed value carries nothing)")
+    p.add_argument("--storage", help="where the new experiment lives (default: beside the old one)")
+    p.add_argument("--address", help="a running Ray cluster (default: a new private Ray on this machine)")
+    p.add_argument("--data", help="dataset directory (default: the old experiment's; other data carries nothing)")
+    _key_file_arg(p)
+    _budget_arg(p)
+    p.set_defaults(func=cmd_fork)
 
     p = sub.add_parser("trust", help="sign a sweep's state files as they are now (a sweep written before tune-hand "
                                      "signed them); only for a sweep you wrote")

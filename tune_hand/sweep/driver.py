@@ -14,6 +14,7 @@ authentication mode is set (Ray reads it when it is imported).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -23,12 +24,15 @@ from typing import Any
 
 from .. import config as C
 from ..errors import ConfigError, DataError, TuneHandError
-from .experiment import (check_unchanged, exp_path, has_run, open_experiment, read_experiment, storage_path,
-                         sweep_meta, write_experiment, write_meta)
+from .budget import BUDGET_KEY, BudgetTracker, budget_guard, check_budget
+from .experiment import (check_name, check_restorable, check_unchanged, exp_path, has_run, open_experiment,
+                         read_experiment, storage_path, sweep_meta, write_experiment, write_meta)
+from .lock import DriverLock
 from .parse import load_spec, with_overrides
 from .reaper import Reaper
-from .results import ray_trial_states, state_counts, status_of
+from .results import load_status, state_counts, status_of
 from .signing import Signer, start_signing, verify_experiment
+from .snapshots import signed_snapshots
 from .spec import Spec
 from .storage import display, join
 
@@ -44,6 +48,8 @@ class ExperimentInfo:
     states: dict[str, int] = field(default_factory=dict)
     best: dict[str, Any] | None = None
     seconds: float = 0.0
+    cost: dict[str, Any] | None = None
+    budget_spent: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,160 +58,159 @@ class ExperimentInfo:
 # -- running -------------------------------------------------------------------------------
 def run_search(spec: Spec | str | Path, data_dir: str | Path, storage: str | Path | None = None,
                name: str | None = None, address: str | None = None, samples: int | None = None,
-               overrides: list[str] | None = None, key_file: str | Path | None = None) -> ExperimentInfo:
+               overrides: list[str] | None = None, key_file: str | Path | None = None,
+               budget_hours: float | None = None) -> ExperimentInfo:
     """Start a sweep; blocks until every trial ended (or Ctrl-C, after which `resume` continues).
 
     Submitting the same sweep again (same name, spec and dataset: a requeued batch job, a
     re-run command) resumes it; a different spec or dataset under an existing name is refused.
+    One driver per experiment: a second one fails at once, naming the first (`lock.py`).
     Every state file Ray may unpickle on a resume is signed with the user's key (`key_file`,
     default $TUNE_HAND_KEY_FILE or ~/.config/tune-hand/key, made on first use: `signing.py`).
+    `budget_hours` (or the spec's `budget: {hours: H}`) caps the resource-hours (`budget.py`).
     """
+    if name is not None:
+        check_name(name)
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     if overrides or samples is not None:
         spec = with_overrides(spec, overrides, samples)
+    check_budget(budget_hours)
     data_dir = _check_data(data_dir, remote=address is not None)
     if address is None:
         _check_weights(spec)
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = storage_path(storage)
-    exp = join(storage, name)
-    if has_run(exp):
-        _, stored = read_experiment(exp)
-        check_unchanged(exp, stored, spec)
-        if stored.get("data_dir") != data_dir:
-            raise TuneHandError(f"{display(exp)}: this sweep runs on {stored.get('data_dir')}, not {data_dir}; "
-                                f"if the dataset moved, `tune-hand resume {display(exp)} --data {data_dir}`")
-        print(f"tune-hand: {display(exp)} already holds this sweep (spec hash {stored['spec_hash']}); resuming it",
-              file=sys.stderr)
-        return resume_search(exp, address=address, key_file=key_file)
-    signer = start_signing(exp, key_file)  # a key that cannot be used stops the sweep before anything is written
-    meta = sweep_meta(spec, name, data_dir)
-    write_experiment(exp, spec, meta)
+    exp = join(storage_path(storage), name)
+    if has_run(exp):  # a sweep that cannot resume is refused before the lock is touched
+        check_unchanged(exp, read_experiment(exp)[1], spec)
+        check_restorable(exp)
+        verify_experiment(exp, key_file)
+    with DriverLock(exp):
+        if has_run(exp):
+            _, stored = read_experiment(exp)
+            check_unchanged(exp, stored, spec)
+            if stored.get("data_dir") != data_dir:
+                raise TuneHandError(f"{display(exp)}: this sweep runs on {stored.get('data_dir')}, not {data_dir}; "
+                                    f"if the dataset moved, `tune-hand resume {display(exp)} --data {data_dir}`")
+            print(f"tune-hand: {display(exp)} already holds this sweep (spec hash {stored['spec_hash']}); "
+                  "resuming it", file=sys.stderr)
+            return _resume(exp, address, None, key_file, budget_hours)
+        return start_experiment(storage_path(storage), name, spec, data_dir, address, key_file, budget_hours)
 
+
+def start_experiment(storage: str, name: str, spec: Spec, data_dir: str, address: str | None, key_file, budget_hours,
+                     extra_meta: dict[str, Any] | None = None, ray_samples: int | None = None,
+                     prepare=None, setup=None) -> ExperimentInfo:
+    """Create STORAGE/NAME (the caller holds its lock) and run its Tuner. For a fork
+    (`fork.py`): `ray_samples` is the trials Ray runs beside the carried ones, `setup(exp)` writes
+    the carried trials after our files, `prepare(searcher)` warm-starts the searcher, and
+    `extra_meta["continue_from"]` names the trials that go on from the parent's checkpoints."""
+    exp = join(storage, name)
+    signer = start_signing(exp, key_file)  # a key that cannot be used stops the sweep before anything is written
+    meta = {**sweep_meta(spec, name, data_dir), **(extra_meta or {}),
+            BUDGET_KEY: budget_hours if budget_hours is not None else spec.budget_hours}
+    write_experiment(exp, spec, meta)
+    if setup is not None:
+        setup(exp)
     start = time.perf_counter()
+    tracker = BudgetTracker(meta[BUDGET_KEY], resources=spec.resources)
+    if ray_samples == 0:
+        return _summary(exp, meta, 0.0, tracker)
     with _ray_session(address):
-        tuner = _build_tuner(spec, data_dir, storage, name, meta, local=address is None)
+        tracker.resources = trial_resources(spec, _cluster_gpus(), local=address is None, warn=False)
+        tuner = _build_tuner(spec, data_dir, storage, name, meta, local=address is None, num_samples=ray_samples,
+                             prepare=prepare)
         signer.sign_stored("tuner.pkl")  # Ray wrote it into the experiment as the Tuner was built
-        _fit(tuner, exp, signer)
-    return _summary(exp, meta, time.perf_counter() - start)
+        _fit(tuner, exp, signer, tracker)
+    return _summary(exp, meta, time.perf_counter() - start, tracker)
 
 
 def resume_search(exp_dir: str | Path, address: str | None = None, data_dir: str | Path | None = None,
-                  key_file: str | Path | None = None) -> ExperimentInfo:
+                  key_file: str | Path | None = None, budget_hours: float | None = None) -> ExperimentInfo:
     """Continue an interrupted sweep from its storage: unfinished and errored trials resume from
     their last checkpoints; the searcher's state is restored; new trials fill num_samples.
     Before Ray reads anything, every file it may unpickle must match the sweep's signatures
-    (`signing.verify_experiment`); the resumed sweep goes on signing its snapshots."""
+    (`signing.verify_experiment`); the resumed sweep goes on signing its snapshots. A spent
+    budget trains nothing; only a new `budget_hours` raises it."""
+    check_budget(budget_hours)
     exp = exp_path(exp_dir)
+    # Refusals (another spec, damaged or unsigned state) come before the lock is touched, and
+    # are checked again under it.
+    spec, meta = read_experiment(exp)
+    check_unchanged(exp, meta, spec)
+    check_restorable(exp)
+    verify_experiment(exp, key_file)
+    with DriverLock(exp):
+        return _resume(exp, address, data_dir, key_file, budget_hours)
+
+
+def _resume(exp: str, address, data_dir, key_file, budget_hours) -> ExperimentInfo:
     spec, meta = read_experiment(exp)
     check_unchanged(exp, meta, spec)
     data_dir = _check_data(data_dir or meta["data_dir"], remote=address is not None)
+    check_restorable(exp)  # never a silent restart from scratch
     signer = verify_experiment(exp, key_file)
+    if budget_hours is not None and budget_hours != meta.get(BUDGET_KEY):
+        meta = {**meta, BUDGET_KEY: budget_hours}
+        write_meta(exp, meta)  # before Ray stages our files for its snapshots
+    budget = meta.get(BUDGET_KEY, spec.budget_hours)
+    cost = load_status(exp)["cost"]
+    tracker = BudgetTracker(budget, spent_hours=cost["resource_hours"], resources=spec.resources, unit=cost["unit"])
+    if tracker.spent:
+        return _summary(exp, meta, 0.0, tracker)
     from ray import tune
 
-    if not tune.Tuner.can_restore(exp):
-        raise TuneHandError(f"{display(exp)}: Ray has no experiment state to restore here (did the search start?)")
     start = time.perf_counter()
     with _ray_session(address):
-        tuner = tune.Tuner.restore(exp, trainable=_trainable(spec, data_dir, local=address is None),
-                                   resume_errored=True)
-        _fit(tuner, exp, signer)
+        tracker.resources = trial_resources(spec, _cluster_gpus(), local=address is None, warn=False)
+        trainable = _trainable(spec, data_dir, local=address is None, continue_from=meta.get("continue_from"))
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True)
+        _fit(tuner, exp, signer, tracker)
     if data_dir != meta.get("data_dir"):
         # `resume --data NEW`: the sweep now runs on NEW (for `report`, and a re-submitted `search
         # --data NEW`). Written after the run: Ray re-syncs its staged copy of our files at the end.
         meta = {**meta, "data_dir": data_dir}
         write_meta(exp, meta)
-    return _summary(exp, meta, time.perf_counter() - start)
+    return _summary(exp, meta, time.perf_counter() - start, tracker)
 
 
-def _fit(tuner, exp: str, signer: Signer) -> None:
-    """Run the trials, signing every experiment snapshot. Ray Tune handles the first Ctrl-C
-    itself (it saves the experiment state and returns); a second one raises KeyboardInterrupt
-    through here."""
+def _fit(tuner, exp: str, signer: Signer, tracker: BudgetTracker) -> None:
+    """Run the trials, signing every experiment snapshot, under the budget. Ray Tune handles
+    the first Ctrl-C itself (it saves the experiment state and returns); a second one raises
+    KeyboardInterrupt through here."""
+    quiet = _QuietBudgetStop(tracker)
+    ray_log = logging.getLogger("ray.tune.tune")
+    ray_log.addFilter(quiet)
     try:
-        with _signed_snapshots(signer):
+        with signed_snapshots(signer), budget_guard(tracker):
             tuner.fit()
     except KeyboardInterrupt:
         print(f"tune-hand: interrupted; continue with `tune-hand resume {display(exp)}`", file=sys.stderr)
         raise
+    finally:
+        ray_log.removeFilter(quiet)
 
 
-class _signed_snapshots:
-    """Sign every experiment snapshot Ray takes while the sweep runs (`signing.py`).
+class _QuietBudgetStop(logging.Filter):
+    """Drop Ray's "stop signal received / resume with Tuner.restore" lines when the budget ended
+    the fit (through Ray's SIGUSR1 path): the driver says what happened and what to type."""
 
-    The hook is `TuneController.save_to_dir`, wrapped on the class for the length of the fit:
-    it is the one function that writes a snapshot (experiment_state, searcher, callback state,
-    and the trials' params.pkl/error.pkl beside them) into the driver's local staging
-    directory, and Ray uploads that directory right after it returns
-    (`_ExperimentCheckpointManager.sync_up_experiment_state`). The wrapper (1) waits for the
-    previous upload, so no upload reads the staging directory while it changes; (2) lets Ray
-    write the snapshot; (3) signs it and writes the manifest into the experiment, before
-    Ray's upload of the snapshot starts. A SIGKILL at any moment thus leaves files of the
-    last two snapshots, and the manifest in storage accepts both.
+    def __init__(self, tracker: BudgetTracker):
+        super().__init__()
+        self.tracker = tracker
 
-    Not a scheduler or a Callback: a scheduler reaches the controller only once a trial is
-    added, a Callback never does, and neither runs after the snapshot is complete (callback
-    state is pickled last, after every callback's get_state). The Ray names used are checked
-    when the fit starts, and a snapshot that cannot be signed stops the sweep: never unsigned
-    state in storage.
-    """
-
-    def __init__(self, signer: Signer):
-        self.signer = signer
-        self.failed: TuneHandError | None = None
-
-    def __enter__(self):
-        import ray
-
-        try:
-            from ray.tune.execution.tune_controller import TuneController
-
-            self.original = TuneController.save_to_dir
-            assert isinstance(TuneController.experiment_state_file_name, property)
-        except (ImportError, AttributeError, AssertionError):
-            raise TuneHandError(f"Ray {ray.__version__} has no TuneController.save_to_dir where tune-hand signs the "
-                                "sweep's state; nothing was run (tune-hand needs Ray 2.60)") from None
-        hook = self
-
-        def save_to_dir(controller):
-            hook.save(controller)
-
-        self.cls = TuneController
-        TuneController.save_to_dir = save_to_dir
-        return self
-
-    def save(self, controller) -> None:
-        try:
-            storage = controller._storage
-            staging, syncer = storage.experiment_driver_staging_path, storage.syncer
-            session = controller.experiment_state_file_name.removeprefix("experiment_state-").removesuffix(".json")
-        except AttributeError as e:
-            self.failed = TuneHandError(f"cannot sign the sweep's state: Ray's TuneController has no {e.name} here "
-                                        "(tune-hand needs Ray 2.60); the sweep stops rather than leave it unsigned")
-            raise self.failed from None
-        try:
-            syncer.wait()
-        except Exception as e:  # noqa: BLE001 - Ray's own next upload would only log it too
-            why = " ".join(str(e).split())[:200]
-            print(f"tune-hand: warning: the last upload of the experiment state failed ({why})", file=sys.stderr)
-        self.original(controller)
-        try:
-            self.signer.sign_snapshot(staging, session)
-        except Exception as e:
-            self.failed = e if isinstance(e, TuneHandError) else TuneHandError(
-                f"cannot sign the sweep's state ({type(e).__name__}: {e}); the sweep stops rather than leave it "
-                "unsigned")
-            raise self.failed from None
-
-    def __exit__(self, exc_type, *exc):
-        self.cls.save_to_dir = self.original
-        if self.failed is not None and (exc_type is None or not issubclass(exc_type, KeyboardInterrupt)):
-            raise self.failed  # Ray logs (and swallows) a failure of its final snapshot
-        return False
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.tracker.interrupted
 
 
-def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[str, Any], local: bool = True):
+def _cluster_gpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0)
+
+
+def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[str, Any], local: bool = True,
+                 num_samples: int | None = None, prepare=None):
     from ray import tune
 
     from .live_table import LiveTable
@@ -213,11 +218,14 @@ def _build_tuner(spec: Spec, data_dir: str, storage: str, name: str, meta: dict[
     from .searcher import build_searcher
 
     searcher = build_searcher(spec, spec.max_concurrent_trials or _cluster_slots(spec, local))
+    if prepare is not None:
+        prepare(searcher)
     scheduler, callbacks = build_scheduler(spec)
     callbacks = [LiveTable(_table_header(spec, meta, display(join(storage, name)))), *callbacks]
     return tune.Tuner(
-        _trainable(spec, data_dir, local),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+        _trainable(spec, data_dir, local, continue_from=meta.get("continue_from")),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=spec.num_samples if num_samples is None else num_samples,
                                     metric=spec.metric, mode=spec.mode, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             storage_path=storage, name=name,
@@ -257,14 +265,16 @@ def trial_dirname(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
-def _trainable(spec: Spec, data_dir: str, local: bool = True):
-    """The trainable with its spec and dataset bound, sized by the spec's resources."""
+def _trainable(spec: Spec, data_dir: str, local: bool = True, continue_from: dict | None = None):
+    """The trainable with its spec and dataset bound (and a fork's continued trials), sized by
+    the spec's resources."""
     import ray
     from ray import tune
 
     from trainables.hand_pose import train_hand_pose
 
-    bound = tune.with_parameters(train_hand_pose, spec=spec.to_dict(), data_dir=data_dir)
+    extra = {"continue_from": continue_from} if continue_from else {}
+    bound = tune.with_parameters(train_hand_pose, spec=spec.to_dict(), data_dir=data_dir, **extra)
     return tune.with_resources(bound, trial_resources(spec, ray.cluster_resources().get("GPU", 0), local=local))
 
 
@@ -307,7 +317,11 @@ class _ray_session:
                 # "local": always a new, private Ray of our own. Without it ray.init attaches to a
                 # cluster that Ray's current-cluster pointer file names (a stale one left by a killed
                 # `ray start` failed with a raw ValueError); `--address auto` is how to ask for that.
-                ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
+                # Listening on loopback only: no port of it is reachable from other machines.
+                from .loopback import loopback_ray
+
+                with loopback_ray() as loopback:
+                    ray.init(address="local", num_cpus=os.cpu_count(), **kwargs, **loopback)
                 _private_token_file()
                 # Nothing of this Ray may outlive a SIGKILLed driver (see reaper.py).
                 self.reaper = Reaper().__enter__()
@@ -336,19 +350,22 @@ def _private_token_file() -> None:
         path.chmod(0o600)
 
 
-def _summary(exp: str, meta: dict, seconds: float) -> ExperimentInfo:
+def _summary(exp: str, meta: dict, seconds: float, tracker: BudgetTracker | None = None) -> ExperimentInfo:
     """What the sweep left in storage (local or bucket, read once), with a hint to resume
-    when Ray returned before every trial ended (a Ctrl-C, a failure)."""
+    when Ray returned before every trial ended (a Ctrl-C, a failure, a spent budget)."""
     with open_experiment(exp) as opened:
-        ray_states = ray_trial_states(opened.path)
         status = status_of(opened)
-    if len(ray_states) < status["num_samples"] or \
-            any(s in ("RUNNING", "PENDING", "PAUSED") for s in ray_states.values()):
+    spent = tracker is not None and tracker.spent
+    if spent:
+        tracker.spent_hours = max(tracker.spent_hours, status["cost"]["resource_hours"])
+        print(tracker.message(display(exp)), file=sys.stderr)
+    elif sum(t["state"] not in ("pending", "running") for t in status["trials"]) < status["num_samples"]:
         print(f"tune-hand: the sweep stopped before all trials ended; continue with `tune-hand resume "
               f"{display(exp)}`", file=sys.stderr)
     states = state_counts(status["trials"])
     return ExperimentInfo(path=display(exp), name=meta["name"], spec_hash=meta["spec_hash"],
-                          trials=len(status["trials"]), states=states, best=status["best"], seconds=seconds)
+                          trials=len(status["trials"]), states=states, best=status["best"], seconds=seconds,
+                          cost=status["cost"], budget_spent=spent)
 
 
 def _check_weights(spec: Spec) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,14 @@ from ..errors import TuneHandError
 from ..io import read_yaml
 from .parse import parse_spec
 from .spec import Spec, spec_diff, spec_hash
+from .lock import LOCK_FILE
 from .storage import ExperimentDir, display, is_remote, join, list_files, normalize, open_dir, write_text
 
 SPEC_FILE = "tune_hand_spec.yaml"
 SWEEP_FILE = "tune_hand_sweep.json"
 DEFAULT_STORAGE = "sweeps"
-TRIAL_FILES = ("params.json", "result.json", "error.txt")  # what status, best and the report read per trial
+CARRIED_FILE = "tune_hand_carried.json"  # in a trial directory `fork` carried from another experiment
+TRIAL_FILES = ("params.json", "result.json", "error.txt", CARRIED_FILE)  # what status, best and the report read per trial
 
 Experiment = str | Path | ExperimentDir  # a local directory, a bucket URI, or one already opened
 
@@ -116,13 +119,58 @@ def check_unchanged(exp: str, meta: dict[str, Any], spec: Spec) -> None:
 
 
 def has_run(exp: str) -> bool:
-    """Whether Ray has started in `exp` (more than our two files, written just before it). For a
+    """Whether Ray has started in `exp` (more than our files, written just before it). For a
     bucket, one listing of the prefix; a missing bucket or refused access is a TuneHandError
     here, before anything is written."""
+    ours = (SPEC_FILE, SWEEP_FILE, LOCK_FILE)
     if is_remote(exp):
-        return any(rel.split("/")[0] not in (SPEC_FILE, SWEEP_FILE) for rel in list_files(exp))
+        return any(rel.split("/")[0] not in ours for rel in list_files(exp))
     path = Path(exp)
-    return path.is_dir() and any(p.name not in (SPEC_FILE, SWEEP_FILE) for p in path.iterdir())
+    return path.is_dir() and any(p.name not in ours and not p.name.startswith(f"{LOCK_FILE}.")
+                                 for p in path.iterdir())
+
+
+def check_restorable(exp: str) -> None:
+    """Refuse (one line) to resume an experiment whose Ray state is missing or unreadable.
+
+    Ray's `Tuner.restore` needs `tuner.pkl` and the newest `experiment_state-*.json`; without
+    them a resubmitted search would start from scratch beside the old trials, and resume
+    would fail deep inside Ray. The way out is a new experiment: `fork` reads the trials'
+    own files (params.json, result.json, checkpoints), not Ray's state.
+    """
+    files = list_files(exp) if is_remote(exp) else {
+        str(p.relative_to(exp)): 0 for p in Path(exp).glob("*") if p.is_file()} | {
+        f"{p.parent.name}/{p.name}": 0 for p in Path(exp).glob("*/params.json")}
+    top = {f for f in files if "/" not in f}
+    trials = sorted({f.split("/")[0] for f in files if f.endswith("/params.json") and f.count("/") == 1})
+    states = sorted(f for f in top if f.startswith("experiment_state-") and f.endswith(".json"))
+    missing = [name for name, ok in (("tuner.pkl", "tuner.pkl" in top), ("experiment_state-*.json", bool(states)))
+               if not ok]
+    unreadable = ""
+    if states and not missing:
+        with open_dir(exp, lambda _: states[-1:]) as opened:
+            data = read_json(opened.path / states[-1])
+        if not isinstance(data, dict) or not isinstance(data.get("trial_data"), list):
+            unreadable = states[-1]
+    if not missing and not unreadable:
+        return
+    what = f"{unreadable} is unreadable" if unreadable else f"Ray's {' and '.join(missing)} " + (
+        "is" if len(missing) == 1 else "are") + " missing"
+    hint = (f"; its {len(trials)} trial directories are intact: `tune-hand fork {display(exp)} --name NEW` "
+            "starts a new experiment from their results" if trials else "; nothing ran here yet: start it again "
+            "with `tune-hand search`")
+    raise TuneHandError(f"{display(exp)}: cannot resume: {what}{hint}")
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """An experiment name is one path segment, `[A-Za-z0-9._-]+`, neither `.` nor `..`."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in (".", "..") or len(name) > 200:
+        raise TuneHandError(f"{what} {name!r}: an experiment name is one path segment of letters, digits, "
+                            "'.', '_' and '-' (not '.' or '..'), at most 200 characters")
+    return name
 
 
 

@@ -22,7 +22,8 @@ from ..errors import ConfigError
 from ..io import read_yaml
 from .space import trial_config
 from .spec import (METRICS, MILESTONE_KEYS, NOT_SEARCHABLE, PARAM_KEYS, PARAM_TYPES, RESOURCE_KEYS, SAMPLERS,
-                   SCHEDULER_KEYS, SCHEDULERS, SPEC_KEYS, Param, Scheduler, Spec)
+                   SCHEDULER_KEYS, SCHEDULER_TAKES, SCHEDULERS, SPEC_KEYS, Param, Scheduler, Spec, hyperband_brackets,
+                   pbt_mutable)
 
 
 def spec_names() -> list[str]:
@@ -91,16 +92,7 @@ def parse_spec(raw: Any, source: str = "spec", default_name: str = "sweep", base
     if "optim.epochs" in fixed and "max_epochs" in sched_raw and fixed["optim.epochs"] != max_epochs:
         v.fail("fixed.optim.epochs", f"{fixed['optim.epochs']} differs from scheduler.max_epochs={max_epochs}; "
                "the epoch budget is scheduler.max_epochs")
-    scheduler = Scheduler(
-        type=v.choice("scheduler.type", sched_raw.get("type", "asha"), SCHEDULERS),
-        grace_period=v.typed("scheduler.grace_period", sched_raw.get("grace_period", 1), int, minimum=1),
-        reduction_factor=v.number("scheduler.reduction_factor", sched_raw.get("reduction_factor", 3)),
-        max_epochs=max_epochs,
-    )
-    if scheduler.reduction_factor <= 1:
-        v.fail("scheduler.reduction_factor", f"{scheduler.reduction_factor}: must be greater than 1")
-    if scheduler.grace_period > scheduler.max_epochs:
-        v.fail("scheduler.grace_period", f"{scheduler.grace_period} exceeds scheduler.max_epochs={max_epochs}")
+    scheduler = _check_scheduler(v, sched_raw, max_epochs)
     fixed_cfg = C.with_values(fixed_cfg, {"optim.epochs": max_epochs})
     if fixed_cfg.data.val_fraction == 0 and raw.get("metric", "pa_mpjpe_mm") != "train_loss":
         v.fail("fixed.data.val_fraction", "0 leaves no validation images to score trials on; use e.g. 0.1")
@@ -124,12 +116,19 @@ def parse_spec(raw: Any, source: str = "spec", default_name: str = "sweep", base
         v.fail("resources.cpu", f"{resources['cpu']}: must be positive")
 
     concurrent = raw.get("max_concurrent_trials")
+    budget_raw = _section(v, raw, "budget", ("hours",))
+    budget_hours = None
+    if "hours" in budget_raw:
+        budget_hours = float(v.number("budget.hours", budget_raw["hours"]))
+        if budget_hours <= 0:
+            v.fail("budget.hours", f"{budget_raw['hours']!r}: must be positive")
     spec = Spec(
         name=name, description=description, base=base, fixed=fixed, space=tuple(space),
         metric=v.choice("metric", raw.get("metric", "pa_mpjpe_mm"), METRICS),
         mode=v.choice("mode", raw.get("mode", "min"), ("min", "max")),
         scheduler=scheduler,
-        sampler=v.choice("sampler", raw.get("sampler", "tpe"), SAMPLERS),
+        sampler=_check_sampler(v, raw.get("sampler", "random" if scheduler.type == "pbt" else "tpe"), scheduler,
+                               tuple(space)),
         num_samples=v.typed("num_samples", raw.get("num_samples", 10), int, minimum=1),
         max_concurrent_trials=None if concurrent is None else v.typed("max_concurrent_trials", concurrent, int,
                                                                       minimum=1),
@@ -137,7 +136,11 @@ def parse_spec(raw: Any, source: str = "spec", default_name: str = "sweep", base
         seed=v.typed("seed", raw.get("seed", 0), int),
         max_failures=v.typed("max_failures", raw.get("max_failures", 1), int, minimum=-1),
         source=source,
+        budget_hours=budget_hours,
     )
+    if scheduler.type == "pbt" and (spec.num_samples < 2 or spec.max_concurrent_trials == 1):
+        v.fail("num_samples" if spec.num_samples < 2 else "max_concurrent_trials",
+               "pbt needs a population: at least 2 trials running together")
     # The default trial (every parameter at its first choice / low end) must build.
     try:
         trial_config(spec, {p.key: _first_value(p) for p in spec.space if p.active({
@@ -145,6 +148,73 @@ def parse_spec(raw: Any, source: str = "spec", default_name: str = "sweep", base
     except ConfigError as e:
         v.fail("space", f"the trial config at the low end of the space is invalid: {e}")
     return spec
+
+
+def _check_scheduler(v: "_Validator", raw: dict, max_epochs: int) -> Scheduler:
+    """The `scheduler` mapping of one type: only the keys that type takes, each in its range."""
+    kind = v.choice("scheduler.type", raw.get("type", "asha"), SCHEDULERS)
+    takes = SCHEDULER_TAKES[kind]
+    # Every fifo sweep stored before the other types existed wrote these two (unused) keys.
+    tolerated = ("grace_period", "reduction_factor") if kind == "fifo" else ()
+    for key in raw:
+        if key not in ("type", "max_epochs", *takes, *tolerated):
+            v.fail(f"scheduler.{key}", f"not taken by scheduler type {kind} (it takes: "
+                   f"{', '.join(('max_epochs', *takes))})")
+    s = Scheduler(type=kind, max_epochs=max_epochs)
+    s.grace_period = v.typed("scheduler.grace_period", raw.get("grace_period", 1), int, minimum=1)
+    s.reduction_factor = v.number("scheduler.reduction_factor", raw.get("reduction_factor", 3))
+    if s.reduction_factor <= 1:
+        v.fail("scheduler.reduction_factor", f"{s.reduction_factor}: must be greater than 1")
+    if s.grace_period > max_epochs and (kind != "fifo" or "grace_period" in raw):
+        v.fail("scheduler.grace_period", f"{s.grace_period} exceeds scheduler.max_epochs={max_epochs}")
+    if kind == "hyperband":
+        fit = hyperband_brackets(max_epochs, s.grace_period, s.reduction_factor)
+        s.brackets = v.typed("scheduler.brackets", raw.get("brackets", fit), int, minimum=1)
+        if s.brackets > fit:
+            v.fail("scheduler.brackets", f"{s.brackets}: only {fit} bracket(s) have a rung between grace_period="
+                   f"{s.grace_period} and max_epochs={max_epochs} at reduction_factor={s.reduction_factor}")
+    if kind == "pbt":
+        s.perturbation_interval = v.typed("scheduler.perturbation_interval",
+                                          raw.get("perturbation_interval", max(1, max_epochs // 10)), int, minimum=1)
+        if s.perturbation_interval > max_epochs:
+            v.fail("scheduler.perturbation_interval",
+                   f"{s.perturbation_interval} exceeds scheduler.max_epochs={max_epochs}: PBT would never act")
+        s.quantile = float(v.number("scheduler.quantile", raw.get("quantile", 0.25)))
+        if not 0 < s.quantile <= 0.5:
+            v.fail("scheduler.quantile", f"{raw['quantile']!r}: the fraction of trials exploited (and cloned), "
+                   "in (0, 0.5]")
+        s.resample_probability = float(v.number("scheduler.resample_probability",
+                                                raw.get("resample_probability", 0.25)))
+        if not 0 <= s.resample_probability <= 1:
+            v.fail("scheduler.resample_probability", f"{raw['resample_probability']!r}: a probability, in [0, 1]")
+    return s
+
+
+# Samplers that need a package beyond Optuna: (sampler, module, what to install).
+_SAMPLER_NEEDS = (("gp", "scipy", "scipy"), ("gp", "torch", "torch"), ("qmc", "scipy", "scipy"),
+                  ("cmaes", "cmaes", "cmaes"))
+
+
+def _check_sampler(v: "_Validator", sampler: Any, scheduler: Scheduler, space: tuple[Param, ...]) -> str:
+    """A sampler that can search this space under this scheduler, with its packages installed."""
+    import importlib.util
+
+    sampler = v.choice("sampler", sampler, SAMPLERS)
+    for name, module, package in _SAMPLER_NEEDS:
+        if sampler == name and importlib.util.find_spec(module) is None:
+            v.fail("sampler", f"{sampler} needs the {package} package, which is not installed "
+                   f"(pip install {package}), or choose another sampler")
+    if scheduler.type == "pbt":
+        if sampler not in ("random", "qmc"):
+            v.fail("sampler", f"{sampler} with scheduler pbt: PBT replaces a trial's config midway, so a "
+                   "sampler that learns from results would learn from configs it never chose; use random or qmc")
+        if not pbt_mutable(space):
+            v.fail("scheduler.type", "pbt, but the space has nothing PBT can mutate: it mutates optim.*, "
+                   "augment.* and milestones.* parameters without `when:` that no other parameter depends on")
+    if sampler == "cmaes" and not any(p.type != "categorical" and not p.when for p in space):
+        v.fail("sampler", "cmaes searches int, float and loguniform parameters (categorical and conditional "
+               "ones are drawn at random), and this space has none; use tpe, gp or random")
+    return sampler
 
 
 def _resolve_base(v: "_Validator", base: Any, base_dir: Path | None) -> Config:

@@ -23,9 +23,10 @@ from ..checkpoint import FILENAME, checkpoint_config, load_checkpoint
 from ..errors import TuneHandError
 from ..io import atomic_directory, write_json
 from ..objective import Objective
-from .experiment import Experiment, open_experiment, read_experiment, read_json
+from .budget import BUDGET_KEY, format_hours, report_lines, resource_hours, sweep_cost, trial_cost
+from .experiment import CARRIED_FILE, Experiment, open_experiment, read_experiment, read_json
 from .spec import Spec
-from .storage import ExperimentDir, display, is_remote, join
+from .storage import ExperimentDir, display, fetch_file, is_remote, join
 
 # Ray's trial status -> ours, for trials that have not ended.
 _STATE_NAMES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "ERROR": "error"}
@@ -49,13 +50,19 @@ def status_of(opened: ExperimentDir) -> dict[str, Any]:
     spec, meta = read_experiment(opened)
     objective = spec.objective
     ray_states = ray_trial_states(exp)
-    trials = []
+    trials, costs, reports = [], [], []
     for trial_dir in trial_dirs(exp):
         rows = trial_rows(trial_dir)
         params = read_json(trial_dir / "params.json") or {}
         trial_id = rows[-1]["trial_id"] if rows else _trial_id_from_dir(trial_dir, ray_states)
         best_row = objective.best_row(rows)
         epochs = max((int(r.get("epoch", r.get("training_iteration", 0))) for r in rows), default=0)
+        carried = carried_from(trial_dir)
+        lines = report_lines(trial_dir)
+        cost = trial_cost(lines, spec.resources)
+        if carried is None:  # a carried trial's cost was paid by the experiment it comes from
+            costs.append(cost)
+            reports.append(lines)
         trials.append({
             "trial_id": trial_id,
             "state": _state(ray_states.get(trial_id), rows, trial_dir, spec.max_epochs),
@@ -64,6 +71,8 @@ def status_of(opened: ExperimentDir) -> dict[str, Any]:
             "best_epoch": int(best_row["epoch"]) if best_row else None,
             "config": params,
             "dir": trial_dir.name,
+            "resource_hours": 0.0 if carried else resource_hours(cost["cpu_hours"], cost["gpu_hours"]),
+            **({"carried_from": carried["carried_from"]} if carried else {}),
         })
     for trial_id, state in ray_states.items():  # trials Ray created but that never wrote a file
         if not any(t["trial_id"] == trial_id for t in trials):
@@ -73,6 +82,8 @@ def status_of(opened: ExperimentDir) -> dict[str, Any]:
     return {"experiment": display(opened.uri), "name": meta.get("name"), "spec_name": spec.name,
             "spec_hash": meta.get("spec_hash"), "metric": spec.metric, "mode": spec.mode, "max_epochs": spec.max_epochs,
             "num_samples": spec.num_samples, "space": [p.key for p in spec.space], "trials": trials,
+            "cost": sweep_cost(costs, reports, meta.get(BUDGET_KEY, spec.budget_hours)),
+            **({"forked_from": meta["forked_from"]} if meta.get("forked_from") else {}),
             "best": None if best is None else {k: best[k] for k in ("trial_id", "best_metric", "best_epoch",
                                                                      "config")}}
 
@@ -89,7 +100,7 @@ def export_best(exp_dir: Experiment, out_dir: str | Path, overwrite: bool = Fals
         spec, meta = read_experiment(exp)
         trial_dir, row, rel = _best_checkpoint(exp, spec)
         with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-            source = exp.fetch(rel, tmp / FILENAME)
+            source = _fetch_checkpoint(exp, rel, tmp / FILENAME)
             state = load_checkpoint(source)
             cfg = checkpoint_config(state, source)
             provenance = {
@@ -98,6 +109,7 @@ def export_best(exp_dir: Experiment, out_dir: str | Path, overwrite: bool = Fals
                 "metric": spec.metric, "mode": spec.mode, "value": row[spec.metric],
                 "spec_hash": meta.get("spec_hash"), "spec_name": spec.name, "config_digest": cfg.digest(),
                 "params": read_json(trial_dir / "params.json") or {},
+                **({"carried_from": carried_from(trial_dir)["carried_from"]} if carried_from(trial_dir) else {}),
                 "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             if provenance["epoch"] != int(row["epoch"]):
@@ -120,19 +132,41 @@ def best_checkpoint(exp_dir: Experiment) -> tuple[Path, dict[str, Any], Path]:
     with open_experiment(exp_dir) as exp:
         spec, _ = read_experiment(exp)
         trial_dir, row, rel = _best_checkpoint(exp, spec)
-        return trial_dir, row, exp.fetch(rel)
+        return trial_dir, row, _fetch_checkpoint(exp, rel)
 
 
 def _best_checkpoint(exp: ExperimentDir, spec: Spec) -> tuple[Path, dict[str, Any], str]:
-    """(local trial directory, result row, the checkpoint's path relative to the experiment)."""
+    """(local trial directory, result row, the checkpoint: a path relative to the experiment, or
+    for a trial carried by `fork` its location in the parent experiment)."""
     objective = spec.objective
-    kept = ((trial_dir, row) for trial_dir in trial_dirs(exp.path) for row in trial_rows(trial_dir)
+    kept = ((trial_dir, row, loc) for trial_dir in trial_dirs(exp.path) for row in trial_rows(trial_dir)
             if objective.scored(row) and row.get("checkpoint_dir_name")
-            and exp.has(f"{trial_dir.name}/{row['checkpoint_dir_name']}/{FILENAME}"))
+            for loc in [_checkpoint_location(exp, trial_dir, row)] if loc is not None)
     best = objective.best_of(kept, lambda item: item[1][spec.metric])
     if best is None:
         raise TuneHandError(f"{display(exp.uri)}: no trial has reported {spec.metric} with a checkpoint yet")
-    return best[0], best[1], f"{best[0].name}/{best[1]['checkpoint_dir_name']}/{FILENAME}"
+    return best
+
+
+def _checkpoint_location(exp: ExperimentDir, trial_dir: Path, row: dict[str, Any]) -> str | None:
+    carried = carried_from(trial_dir)
+    if carried is None:
+        rel = f"{trial_dir.name}/{row['checkpoint_dir_name']}/{FILENAME}"
+        return rel if exp.has(rel) else None
+    loc = join(carried["experiment"], carried["trial_dir"], row["checkpoint_dir_name"], FILENAME)
+    return loc if is_remote(loc) or Path(loc).is_file() else None
+
+
+def _fetch_checkpoint(exp: ExperimentDir, loc: str, dest: Path | None = None) -> Path:
+    """The checkpoint at `loc` (`_checkpoint_location`) as a local file (at `dest`, if given)."""
+    if not (is_remote(loc) or Path(loc).is_absolute()):
+        return exp.fetch(loc, dest)
+    if dest is None:
+        if not is_remote(loc):
+            return Path(loc)
+        dest = exp.path / ".carried" / loc.rsplit("/", 3)[-3] / FILENAME
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    return fetch_file(loc, dest)
 
 
 def trial_results(exp_dir: Experiment) -> dict[str, list[dict[str, Any]]]:
@@ -150,6 +184,15 @@ def trial_results(exp_dir: Experiment) -> dict[str, list[dict[str, Any]]]:
 # -- reading Ray's files ---------------------------------------------------------------------
 def trial_dirs(exp: Path) -> list[Path]:
     return sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").is_file())
+
+
+def carried_from(trial_dir: Path) -> dict[str, Any] | None:
+    """A trial carried from another experiment by `fork`: {carried_from, experiment, trial_dir}."""
+    marker = trial_dir / CARRIED_FILE
+    if not marker.is_file():
+        return None
+    data = read_json(marker)
+    return data if isinstance(data, dict) and isinstance(data.get("carried_from"), str) else None
 
 
 def trial_rows(trial_dir: Path) -> list[dict[str, Any]]:
@@ -234,12 +277,18 @@ def format_status(status: dict) -> str:
     for t in order:
         metric = "-" if t["best_metric"] is None else f"{t['best_metric']:.3f}"
         params = " ".join(f"{k}={_short(v)}" for k, v in t["config"].items() if k in status.get("space", ()))
+        carried = f"  (carried from {t['carried_from']})" if t.get("carried_from") else ""
         lines.append(f"{t['trial_id']:<10} {t['state']:<14} {t['epochs']:>3}/{status['max_epochs']:<3} "
-                     f"{metric:>9}  {params}")
+                     f"{metric:>9}  {params}{carried}")
     best = status["best"]
     if best:
         lines.append(f"best: {best['trial_id']} {status['metric']}={best['best_metric']:.3f} "
                      f"at epoch {best['best_epoch']}")
+    cost = status.get("cost")
+    if cost:
+        budget = "" if cost.get("budget_hours") is None else f" of a {format_hours(cost['budget_hours'])} budget"
+        lines.append(f"cost: {format_hours(cost['resource_hours'])} {cost.get('unit', 'cpu').upper()}{budget} "
+                     f"(wall {format_hours(cost['wall_hours'])})")
     return "\n".join(lines)
 
 

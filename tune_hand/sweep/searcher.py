@@ -1,6 +1,26 @@
 """An Optuna searcher that tells Optuna what really happened to each trial.
 
-    searcher = build_searcher(spec)            # TPE or random, seeded, under a ConcurrencyLimiter
+    searcher = build_searcher(spec, max_concurrent=4)   # the spec's Optuna sampler, under a ConcurrencyLimiter
+    sampler = build_sampler(spec)                         # the Optuna sampler alone
+
+The samplers (`sampler:` in the spec), all seeded with the spec's seed:
+    tpe     TPESampler(multivariate=True, constant_liar=True): Optuna 5's defaults for one
+            objective, spelled out so that Optuna 4 (whose defaults were False) samples alike;
+            the constant liar keeps concurrent trials apart. Sweeps written before keep their
+            own pickled sampler when they resume.
+    random  RandomSampler, the baseline (and PBT's default initial population).
+    gp      GPSampler (a Gaussian process over all parameter types; needs torch and scipy).
+    cmaes   CmaEsSampler(consider_pruned_trials=True): CMA-ES moves int/float/loguniform
+            parameters only; categorical and conditional ones are drawn by its random fallback
+            (the spec must have one numeric parameter). It counts pruned (ASHA/median-stopped)
+            trials at their last value: else under early stopping it would see only the few
+            trials that finish and hardly form a generation.
+    qmc     QMCSampler(scramble=True): a scrambled Sobol sequence, space-filling, learning nothing.
+gp, cmaes and qmc draw what they cannot model (conditional parameters, and categorical ones for
+cmaes) with a random sampler; their per-trial "sampled independently" warnings are off.
+A resumed sweep continues each sampler where it was: Ray pickles the whole searcher (the study
+with every trial, the sampler and its generator state, CMA-ES's optimiser in the trials' system
+attributes, the QMC sequence position in the study's).
 
 Ray's OptunaSearch tells Optuna COMPLETE with the last value for every trial that ended,
 including those ASHA stopped and those that diverged. `TrialStateOptunaSearch` tells:
@@ -87,16 +107,39 @@ def trial_outcome(result: dict, error: bool, max_epochs: int, time_attr: str = "
 
 
 
+def build_sampler(spec: Spec):
+    """The spec's Optuna sampler, seeded (see the module docstring for each)."""
+    import warnings
+
+    from optuna import samplers
+    from optuna.exceptions import ExperimentalWarning
+
+    seed = spec.seed
+    if spec.sampler == "tpe":
+        return samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if spec.sampler == "random":
+        return samplers.RandomSampler(seed=seed)
+    if spec.sampler == "gp":
+        return samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    if spec.sampler == "cmaes":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # consider_pruned_trials: chosen, see above
+            return samplers.CmaEsSampler(seed=seed, consider_pruned_trials=True, warn_independent_sampling=False)
+    if spec.sampler == "qmc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # QMCSampler is "experimental" since Optuna 3
+            return samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+    raise ValueError(f"unknown sampler {spec.sampler!r}")  # parse.py admits none other
+
+
 def build_searcher(spec: Spec, max_concurrent: int):
-    """The spec's sampler (TPE or random, seeded) in our searcher, limited to `max_concurrent`.
+    """The spec's sampler (`build_sampler`) in our searcher, limited to `max_concurrent`.
 
     Always limited: without max_concurrent Ray lets a custom searcher keep only one trial
     pending, so a cluster fills one trial per scheduling round (benchmarks/bench_driver.py).
     """
-    from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.search import ConcurrencyLimiter
 
-    sampler = TPESampler(seed=spec.seed) if spec.sampler == "tpe" else RandomSampler(seed=spec.seed)
     searcher = TrialStateOptunaSearch(space=search_space(spec), metric=spec.metric, mode=spec.mode,
-                                      sampler=sampler, max_epochs=spec.max_epochs)
+                                      sampler=build_sampler(spec), max_epochs=spec.max_epochs)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)

@@ -66,3 +66,33 @@ def trial_config(spec: Spec, params: dict[str, Any]) -> Config:
         return C.with_values(spec.base, plain, source=f"{spec.source} (trial)")
     except TuneHandError as e:
         raise ConfigError(f"{spec.source}: trial config: {e}") from None
+
+
+def distributions(spec: Spec, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Optuna's distribution of each parameter `define_by_run` would suggest for `params` (the
+    active ones), or None when a value lies outside the space: what `fork` tells a new study."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    sampled: dict[str, Any] = {}
+    for p in spec.space:
+        if not p.active(sampled):
+            if p.key in params and params[p.key] is not None:
+                return None  # a value the new space would never suggest
+            continue
+        if p.key not in params:
+            return None
+        value = params[p.key]
+        if p.type == "categorical":
+            if value not in p.values:
+                return None
+            out[p.key] = CategoricalDistribution(list(p.values))
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not p.low <= value <= p.high:
+                return None
+            if p.step and abs(round((value - p.low) / p.step) * p.step + p.low - value) > 1e-9 * max(1, abs(value)):
+                return None
+            out[p.key] = (IntDistribution(p.low, p.high, step=p.step or 1, log=p.type == "loguniform") if p.integer
+                          else FloatDistribution(float(p.low), float(p.high), step=p.step, log=p.type == "loguniform"))
+        sampled[p.key] = value
+    return out

@@ -160,6 +160,20 @@ def write_text(uri: str, text: str) -> None:
         raise storage_error(uri, e) from None
 
 
+def fetch_file(location: str, dest: str | os.PathLike) -> Path:
+    """Copy one file (a local path or a URI) to `dest`."""
+    if not is_remote(location):
+        return Path(shutil.copyfile(location, dest))
+    fs, path = filesystem(location)
+    try:
+        with fs.open_input_stream(path) as src, open(dest, "wb") as out:
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+    except OSError as e:
+        raise storage_error(location, e) from None
+    return Path(dest)
+
+
 # -- a local view of an experiment -----------------------------------------------------------
 @dataclass
 class ExperimentDir:
