@@ -10,14 +10,19 @@
 
 The rooms, and which way imports flow (a module imports only those below it):
 
+    fork.py           a new experiment from an old one's results: warm start, carry, continue
     driver.py         the Ray Tune driver: builds the Tuner, runs or restores it   (Ray)
     live_table.py     progress on stderr while trials run                          (Ray)
-    schedulers.py     ASHA whose rungs survive a resume                            (Ray)
-    searcher.py       Optuna told the truth about each trial                       (Ray)
-    results.py        the Ray-free readers: status, best, trial rows, the table
+    schedulers/       asha, hyperband, median, pbt, fifo: each survives a resume   (Ray)
+    searcher.py       Optuna (tpe, random, gp, cmaes, qmc) told the truth about each trial (Ray)
+    snapshots.py      every experiment snapshot signed as Ray writes it            (Ray)
+    loopback.py       the local Ray's sockets on 127.0.0.1                         (Ray)
+    results.py        the Ray-free readers: status, best, trial rows, cost, the table
     signing.py        HMAC signatures of every file Ray would unpickle on resume; `trust`
     reaper.py         a watchdog: nothing of a local Ray outlives a SIGKILLed driver
-    experiment.py     the experiment directory and tune-hand's two files in it
+    budget.py         resource-hours spent, and the budget the schedulers obey
+    experiment.py     the experiment directory and tune-hand's files in it; names; damaged state
+    lock.py           one driver per experiment (a lock file or a bucket lease)
     storage.py        local directories and bucket URIs behind one interface
     parse.py          YAML -> Spec, validation, --set overrides
     space.py          the space -> Optuna's define-by-run; a sampled trial's config

@@ -3,7 +3,7 @@
     info = run_search("quick", data_dir="data/", storage="sweeps", name="q1")
     info = resume_search("sweeps/q1")
 
-It builds a `Tuner` from the spec (searcher: `searcher.py`, scheduler: `schedulers.py`,
+It builds a `Tuner` from the spec (searcher: `searcher.py`, scheduler: `schedulers/`,
 progress: `live_table.py`, trial: `trainables.hand_pose`), runs it on a local Ray or on
 `address`, and summarises what the sweep left in the experiment directory (`experiment.py`),
 read back with the Ray-free readers (`results.py`).
@@ -82,6 +82,7 @@ def run_search(spec: Spec | str | Path, data_dir: str | Path, storage: str | Pat
     name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     exp = join(storage_path(storage), name)
     if has_run(exp):  # a sweep that cannot resume is refused before the lock is touched
+        DriverLock(exp).check_free()
         check_unchanged(exp, read_experiment(exp)[1], spec)
         check_restorable(exp)
         verify_experiment(exp, key_file)
@@ -136,6 +137,7 @@ def resume_search(exp_dir: str | Path, address: str | None = None, data_dir: str
     exp = exp_path(exp_dir)
     # Refusals (another spec, damaged or unsigned state) come before the lock is touched, and
     # are checked again under it.
+    DriverLock(exp).check_free()
     spec, meta = read_experiment(exp)
     check_unchanged(exp, meta, spec)
     check_restorable(exp)

@@ -71,6 +71,13 @@ class DriverLock:
         self.release()
         return False
 
+    def check_free(self) -> None:
+        """Fail (ExperimentBusy) while a live driver holds the lock; take nothing."""
+        holder = self._read()
+        if holder is not None and self._stale(holder) is None:
+            raise ExperimentBusy(f"{display(self.exp)}: another driver runs this experiment "
+                                 f"({_describe(holder)}); wait for it, or stop it first")
+
     def acquire(self) -> None:
         for _ in range(3):  # a lost race against another taker re-reads the winner's lock
             holder = self._read()
