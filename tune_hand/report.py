@@ -337,6 +337,13 @@ def _html(status: dict, spec, meta: dict, trials: list[dict], figures: list, ret
         + f"; up to {spec.max_epochs} epochs each, {sum(t['epochs'] for t in trials)} trial-epochs run. "
         f"Dataset {e(str(meta.get('data_dir')))}.</p>",
     ]
+    cost = status.get("cost")
+    if cost:
+        budget = "" if cost.get("budget_hours") is None else f" of a {cost['budget_hours']:g} h budget"
+        parts.append(f"<p>Cost: {cost['resource_hours']:.3g} {e(cost.get('unit', 'cpu').upper())}-hours{budget} "
+                     f"({cost['gpu_hours']:.3g} GPU-h, {cost['cpu_hours']:.3g} CPU-h, wall {cost['wall_hours']:.3g} h)"
+                     + (f"; forked from {e(str(status['forked_from'].get('experiment')))}"
+                        if status.get("forked_from") else "") + ".</p>")
     if best:
         params = ", ".join(f"{e(k)}={e(_short(v))}" for k, v in best["config"].items()
                            if k in {p.key for p in spec.space})

@@ -16,6 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from ..objective import Objective
+from . import budget
 from .results import format_status, live_state
 
 
@@ -104,5 +105,9 @@ class LiveTable(Callback):
         self._last_signature = signature
         best = self.objective.best_of(rows, lambda r: r["best_metric"])
         status = {**self.header, "trials": rows, "best": best}
+        tracker = budget.active()
+        if tracker is not None:  # this driver's spend so far (with what the sweep had spent before)
+            status["cost"] = {"resource_hours": tracker.spent_hours, "budget_hours": tracker.budget_hours,
+                              "unit": tracker.unit}
         print(format_status(status), file=self.stream or sys.stderr, flush=True)
 

@@ -287,8 +287,8 @@ def format_status(status: dict) -> str:
     cost = status.get("cost")
     if cost:
         budget = "" if cost.get("budget_hours") is None else f" of a {format_hours(cost['budget_hours'])} budget"
-        lines.append(f"cost: {format_hours(cost['resource_hours'])} {cost.get('unit', 'cpu').upper()}{budget} "
-                     f"(wall {format_hours(cost['wall_hours'])})")
+        wall = f" (wall {format_hours(cost['wall_hours'])})" if "wall_hours" in cost else ""
+        lines.append(f"cost: {format_hours(cost['resource_hours'])} {cost.get('unit', 'cpu').upper()}{budget}{wall}")
     return "\n".join(lines)
 
 
