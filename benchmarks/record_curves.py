@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tune_hand.sweep import load_spec  # noqa: E402
-from tune_hand.sweep.space import trial_config  # noqa: E402
-from tune_hand.training import Trainer  # noqa: E402
+from tune_hand.sweep import load_spec
+from tune_hand.sweep.space import trial_config
+from tune_hand.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def _from_unit(p, u: float) -> float:
         x = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
     else:
         x = lo + u * (hi - lo)
-    return int(round(x)) if p.integer else float(f"{x:.6g}")
+    return round(x) if p.integer else float(f"{x:.6g}")
 
 
 def _plain(v):
@@ -126,8 +126,8 @@ def record_run(spec, params: dict, data: Path, epochs: int, seed: int, val_fract
                      "images": len(trainer.train_idx) * r.epoch, "status": r.status})
         log(f"    epoch {r.epoch}: PA {rows[-1]['pa_mpjpe_mm']} rr {rows[-1]['rr_mpjpe_mm']} "
             f"loss {rows[-1]['train_loss']} ({r.seconds:.1f}s, {r.images_per_s:.0f} img/s)")
-    return {"setup_seconds": round(setup, 2), "train_images_per_epoch": int(len(trainer.train_idx)),
-            "val_images": int(len(trainer.val_idx)), "status": trainer.status, "epochs": rows}
+    return {"setup_seconds": round(setup, 2), "train_images_per_epoch": len(trainer.train_idx),
+            "val_images": len(trainer.val_idx), "status": trainer.status, "epochs": rows}
 
 
 def _r(x, nd: int = 3):
@@ -137,14 +137,15 @@ def _r(x, nd: int = 3):
 # -- the table ---------------------------------------------------------------------------------
 def provenance(args, data_params: dict) -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "tune_hand", "search_spaces"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
+                                    capture_output=True, text=True, check=False).stdout.strip())
     except OSError:
         commit, dirty = "unknown", None
     cpu = platform.processor() or ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return {"commit": commit, "tune_hand_dirty": dirty,
